@@ -1,0 +1,272 @@
+"""The experiment file: typed models, validation, and errors a person can act on.
+
+`load(path)` returns an `Experiment` or raises `SpecError` carrying *every* problem at once, each
+with its path (``spec.rl.num_generations: must be >= 2``) and, for a misspelt key or value, the
+nearest valid one. Nothing here does I/O beyond reading the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from controller.deepspeed import Resources
+from job_runtime.contract import EvalParams, RLParams, SFTParams
+
+API_VERSION = "sftrl/v1"
+Method = Literal["sft", "grpo", "dapo", "sft+grpo", "sft+dapo"]
+METHODS: tuple[str, ...] = get_args(Method)
+# A name becomes part of run names, labels and Kubernetes object names.
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")  # DNS-1123 label: experiment, namespace
+LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")  # model and data names (label values)
+NAME_MAX = 40
+
+
+def _check_name(v: str, what: str, pattern: re.Pattern[str] = NAME_RE) -> str:
+    if len(v) > NAME_MAX or not pattern.match(v):
+        dot = " or '.'" if pattern is LABEL_RE else ""
+        raise ValueError(
+            f"{what} '{v}' is not a valid name, because names become Kubernetes labels and object names. "
+            f"Use lowercase letters, digits and '-'{dot}, starting and ending with a letter or digit, "
+            f"at most {NAME_MAX} characters"
+        )
+    return v
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ModelSpec(_Strict):
+    name: str = Field(description="Short name used in run names and tables, e.g. qwen2.5-vl-3b.")
+    path: str = Field(description="Hugging Face id, local path, s3:// URI, or builtin://tiny-qwen2-vl.")
+
+    _name = field_validator("name")(lambda v: _check_name(v, "model name", LABEL_RE))
+
+
+class DataSpec(_Strict):
+    name: str = Field(description="Short name of the data source, e.g. qwenvl-distill.")
+    sft: str | None = Field(None, description="SFT traces: parquet/jsonl path, s3:// URI, HF id or builtin://.")
+    rl: str | None = Field(None, description="RL questions with answers (same questions as sft).")
+    heldout: str | None = Field(None, description="Fixed held-out set scored during RL (deceptive-reward check).")
+
+    _name = field_validator("name")(lambda v: _check_name(v, "data name", LABEL_RE))
+
+
+class ResourcesSpec(_Strict):
+    default: Resources = Field(default_factory=Resources, description="Resources of every stage kind.")
+    sft: Resources | None = Field(None, description="Overrides for SFT stages.")
+    rl: Resources | None = Field(None, description="Overrides for RL stages.")
+    eval: Resources | None = Field(None, description="Overrides for eval stages.")
+
+    def for_kind(self, kind: str) -> Resources:
+        return getattr(self, kind) or self.default
+
+
+class KubernetesSpec(_Strict):
+    namespace: str = Field("default", description="Namespace of the PyTorchJobs.")
+    image: str = Field("ghcr.io/sftrl/runtime:0.1.0", description="Runtime image (job_runtime, TRL, vLLM).")
+    queue: str | None = Field(None, description="Kueue LocalQueue name; sets kueue.x-k8s.io/queue-name.")
+    service_account: str | None = Field(None, description="ServiceAccount of the training pods.")
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets for private registries.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector of training pods.")
+    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Tolerations of training pods.")
+    storage_secret: str | None = Field(None, description="Secret with AWS_* keys for s3:// storage.")
+    priority_class: str | None = Field(None, description="PriorityClass of training pods.")
+
+    _ns = field_validator("namespace")(lambda v: _check_name(v, "namespace"))
+
+
+class ExecutionSpec(_Strict):
+    max_parallel: int = Field(1, ge=1, description="Stages running at once (local executor).")
+    max_attempts: int = Field(3, ge=1, description="Tries per stage before giving up (retryable failures).")
+    backoff_seconds: float = Field(5.0, ge=0, description="First retry delay; doubles per attempt.")
+
+
+class ExperimentSpec(_Strict):
+    storage: str = Field("./runs", description="Storage root: s3://bucket/prefix, file:///abs/path or a path.")
+    models: list[ModelSpec] = Field(min_length=1, description="Base models.")
+    data: list[DataSpec] = Field(min_length=1, description="Data sources.")
+    scales: list[int] = Field(min_length=1, description="Training-set sizes; nested subsets of one shuffle.")
+    methods: list[Method] = Field(min_length=1, description="sft, grpo, dapo, sft+grpo, sft+dapo.")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Training seeds.")
+    sft: SFTParams = Field(default_factory=SFTParams, description="SFT settings (trl.SFTConfig pass-through: sft.trl).")
+    rl: RLParams = Field(default_factory=RLParams, description="RL settings (trl.GRPOConfig pass-through: rl.trl).")
+    eval: EvalParams = Field(default_factory=EvalParams, description="Benchmarks and decoding.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="GPUs, nodes, DeepSpeed.")
+    kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec, description="Cluster settings.")
+    execution: ExecutionSpec = Field(default_factory=ExecutionSpec, description="Parallelism and retries.")
+
+    @field_validator("scales")
+    @classmethod
+    def _scales(cls, v: list[int]) -> list[int]:
+        for s in v:
+            if s < 1:
+                raise ValueError(f"scale {s} must be >= 1 (it is a number of training examples)")
+        if len(set(v)) != len(v):
+            raise ValueError("scales must not repeat")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if any(s < 0 for s in v) or len(set(v)) != len(v):
+            raise ValueError("seeds must be distinct integers >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> ExperimentSpec:
+        problems = []
+        for what, items in (("models", self.models), ("data", self.data)):
+            names = [i.name for i in items]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                problems.append(f"{what} names must be unique (repeated: {', '.join(dup)})")
+        needs_sft = any(m.startswith("sft") for m in self.methods)
+        needs_rl = any(m != "sft" for m in self.methods)
+        for d in self.data:
+            if needs_sft and not d.sft:
+                problems.append(f"data '{d.name}' has no 'sft' dataset, but methods include sft. Add data[].sft")
+            if needs_rl and not d.rl:
+                problems.append(f"data '{d.name}' has no 'rl' dataset, but methods include RL. Add data[].rl")
+        cpu_ok = all(m.path.startswith("builtin://") for m in self.models)
+        for kind in ("default", "sft", "rl", "eval"):
+            r = getattr(self.resources, kind)
+            if r is not None and r.gpus_per_node < 1 and not cpu_ok:
+                problems.append(
+                    f"resources.{kind}.gpus_per_node is 0, but sft, rl and eval stages of "
+                    f"{self.models[0].path} need a GPU. Set gpus_per_node >= 1 (builtin:// models may use 0)"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class Metadata(_Strict):
+    name: str = Field(description="Experiment name (lowercase, digits, '-').")
+
+    _name = field_validator("name")(lambda v: _check_name(v, "metadata.name"))
+
+
+class Experiment(_Strict):
+    apiVersion: Literal["sftrl/v1"] = Field(API_VERSION, description="Schema version.")
+    kind: Literal["Experiment"] = "Experiment"
+    metadata: Metadata
+    spec: ExperimentSpec
+
+
+# --- loading and error reporting --------------------------------------------------------------
+
+
+class SpecError(Exception):
+    """Every problem in an experiment file, one line each."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+    def render(self) -> str:
+        n = len(self.problems)
+        head = f"{self.source}: {n} problem{'s' if n != 1 else ''}"
+        return "\n".join([head] + [f"  - {p}" for p in self.problems])
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the model found at loc (for 'did you mean')."""
+    cls: Any = Experiment
+    for part in loc:
+        if isinstance(part, int) or cls is None:
+            continue
+        field = getattr(cls, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        cls = _model_of(field.annotation)
+    return list(getattr(cls, "model_fields", {}).keys()) if cls is not None else []
+
+
+def _model_of(ann: Any) -> Any:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for a in get_args(ann) or ():
+        m = _model_of(a)
+        if m is not None:
+            return m
+    return None if get_origin(ann) is None else None
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for p in loc:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _message(err: dict[str, Any]) -> str:
+    t, ctx, loc = err["type"], err.get("ctx") or {}, err["loc"]
+    if t == "extra_forbidden":
+        key = loc[-1]
+        near = difflib.get_close_matches(str(key), _fields_at(loc[:-1]), n=1, cutoff=0.6)
+        hint = f"; did you mean '{near[0]}'?" if near else f"; known keys: {', '.join(_fields_at(loc[:-1]))}"
+        return f"unknown key '{key}'{hint}"
+    if t == "literal_error":
+        allowed = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        near = difflib.get_close_matches(str(err.get("input")), allowed, n=1, cutoff=0.5)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        return f"'{err.get('input')}' is not one of {', '.join(allowed)}{hint}"
+    if t == "missing":
+        return "is required"
+    if t in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[t]
+        bound = next(iter(ctx.values()))
+        return f"must be {op} {bound} (got {err.get('input')!r})"
+    if t == "too_short":
+        return f"must have at least {ctx.get('min_length', 1)} item(s)"
+    if t == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    return f"{err['msg'][0].lower()}{err['msg'][1:]} (got {err.get('input')!r})"
+
+
+def _strip_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    # pydantic puts union member / function names into loc; keep only data keys and indices.
+    return tuple(p for p in loc if isinstance(p, int) or not re.match(r"^(function-|[A-Z]|str$|int$)", str(p)))
+
+
+def validate_dict(raw: Any, source: str = "<experiment>") -> Experiment:
+    if not isinstance(raw, dict):
+        raise SpecError(source, ["the file must be a YAML mapping with apiVersion, kind, metadata and spec"])
+    try:
+        return Experiment.model_validate(raw)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = _strip_loc(err["loc"])
+            line = f"{_path(loc)}: {_message(err)}" if loc else _message(err)
+            if line not in problems:
+                problems.append(line)
+        raise SpecError(source, problems) from None
+
+
+def load(path: str | Path) -> Experiment:
+    """Read and validate an experiment file; raises SpecError with every problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(str(path), [f"file not found. Check the path (cwd: {Path.cwd()})"])
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise SpecError(str(path), [f"YAML syntax error at {where}{problem}. Fix the YAML syntax"]) from None
+    return validate_dict(raw, str(path))
+
+
+def dump(exp: Experiment) -> str:
+    """The experiment as YAML with every default filled in (what was actually run)."""
+    return yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False)

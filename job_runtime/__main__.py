@@ -1,0 +1,72 @@
+"""`python -m job_runtime <kind> --config <uri>` (or under torchrun): run one stage.
+
+The stage reads its stage.json and nothing else but credentials and launcher variables. Exit codes
+follow contract.EXIT_*: 0 done, 1 a code or data failure, 2 an invalid config, 200 a retryable
+infrastructure failure (the training operator's ExitCode policy retries 128-255 only).
+
+`python -m job_runtime score BENCHMARK --input rows.jsonl --output scored.jsonl` re-scores saved
+generations without a model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from pydantic import ValidationError
+
+from job_runtime import storage
+from job_runtime.contract import EXIT_CONFIG, EXIT_FAILED, EXIT_RETRYABLE, STAGE_KINDS, StageConfig
+
+
+class StageError(Exception):
+    """A failure the user can act on (bad data, bad parameter); printed without a traceback."""
+
+
+def load_config(uri: str) -> StageConfig:
+    raw = storage.read_json(storage.normalize(uri) if "://" not in uri else uri)
+    return StageConfig.model_validate(raw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "score":
+        from job_runtime.score import main as score_main
+
+        return score_main(argv[1:])
+    p = argparse.ArgumentParser(prog="python -m job_runtime", description="Run one sftrl stage.")
+    p.add_argument("kind", choices=STAGE_KINDS)
+    p.add_argument("--config", required=True, help="URI of the stage's stage.json")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("job_runtime")
+    try:
+        cfg = load_config(args.config)
+    except storage.StorageUnavailable as e:
+        log.error("%s", e)
+        return EXIT_RETRYABLE
+    except (storage.StorageError, ValueError, ValidationError) as e:
+        log.error("cannot read the stage config %s, because %s. Re-render it with `sftrl plan`/`sftrl run`.",
+                  args.config, str(e).splitlines()[0])
+        return EXIT_CONFIG
+    if cfg.kind != args.kind:
+        log.error("stage %s is a %s stage, but was started as %s. Start it as `%s`.", cfg.id, cfg.kind, args.kind, cfg.kind)
+        return EXIT_CONFIG
+    stage = importlib.import_module(f"job_runtime.stages.{cfg.kind}")
+    log.info("stage %s (%s) -> %s", cfg.id, cfg.kind, cfg.output)
+    try:
+        stage.run(cfg)
+    except storage.StorageUnavailable as e:
+        log.error("%s", e)
+        return EXIT_RETRYABLE
+    except (StageError, storage.StorageError) as e:
+        log.error("%s", e)
+        return EXIT_FAILED
+    log.info("stage %s done", cfg.id)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
