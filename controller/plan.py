@@ -110,13 +110,14 @@ class _Builder:
     def _deepspeed(self, kind: str, params: dict[str, Any], model_name: str) -> dict[str, Any] | None:
         if kind == "eval":
             return None
-        from controller.deepspeed import estimate_params_billion, render_deepspeed
+        from controller.deepspeed import accumulation_steps, estimate_params_billion, render_deepspeed
 
         res = self.spec.resources.for_kind(kind)
-        world = max(res.gpus_per_node, 1) * res.nodes
+        if res.gpus_per_node < 1 or res.deepspeed == "none":
+            return None
+        world = res.gpus_per_node * res.nodes
         micro = params["per_device_batch_size"]
-        per_step = params["global_batch_size"] * (params["num_generations"] if kind == "rl" else 1)
-        accum = max(per_step // (micro * world), 1)
+        accum = accumulation_steps(per_step_sequences(kind, params), micro, world)  # spec checked it divides
         path = next(m.path for m in self.spec.models if m.name == model_name)
         return render_deepspeed(res, estimate_params_billion(path) or estimate_params_billion(model_name),
                                 kind, micro, accum, world)
@@ -167,6 +168,11 @@ class _Builder:
             model_ref, model_uri, parents = f"stage:{sid}", self.model_of(sid), (sid,)
         ev = self.eval_stage(model_ref, model_uri, parents, {**base, "method": method})
         return Run(name, m.name, method, d.name, scale, seed, tuple(train), ev)
+
+
+def per_step_sequences(kind: str, params: dict[str, Any]) -> int:
+    """Sequences per optimiser step: SFT examples, or RL prompts x rollouts per prompt."""
+    return params["global_batch_size"] * (params["num_generations"] if kind == "rl" else 1)
 
 
 def spec_params(section: Any) -> dict[str, Any]:

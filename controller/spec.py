@@ -142,9 +142,29 @@ class ExperimentSpec(_Strict):
                     f"resources.{kind}.gpus_per_node is 0, but sft, rl and eval stages of "
                     f"{self.models[0].path} need a GPU. Set gpus_per_node >= 1 (builtin:// models may use 0)"
                 )
+        problems += self._batch_layout_problems()
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _batch_layout_problems(self) -> list[str]:
+        from controller.deepspeed import accumulation_steps
+
+        out = []
+        for kind, params in (("sft", self.sft), ("rl", self.rl)):
+            if kind == "sft" and not any(m.startswith("sft") for m in self.methods):
+                continue
+            if kind == "rl" and self.methods == ["sft"]:
+                continue
+            r = self.resources.for_kind(kind)
+            per_step = params.global_batch_size * (params.num_generations if kind == "rl" else 1)
+            world = max(r.gpus_per_node, 1) * r.nodes
+            try:
+                accumulation_steps(per_step, params.per_device_batch_size, world)
+            except ValueError as e:
+                what = "global_batch_size x num_generations" if kind == "rl" else "global_batch_size"
+                out.append(f"{kind}.{what} does not fit resources.{kind}: {e}")
+        return out
 
 
 class Metadata(_Strict):

@@ -157,6 +157,11 @@ def backend(uri: str) -> Backend:
     return _BACKENDS[s]
 
 
+def reset_backends() -> None:
+    """Forget cached backends (tests that change S3 endpoints or credentials)."""
+    _BACKENDS.clear()
+
+
 # --- module-level API -------------------------------------------------------------------------
 
 
