@@ -19,10 +19,7 @@ from pydantic import ValidationError
 
 from job_runtime import storage
 from job_runtime.contract import EXIT_CONFIG, EXIT_FAILED, EXIT_RETRYABLE, STAGE_KINDS, StageConfig
-
-
-class StageError(Exception):
-    """A failure the user can act on (bad data, bad parameter); printed without a traceback."""
+from job_runtime.errors import StageError
 
 
 def load_config(uri: str) -> StageConfig:

@@ -11,9 +11,10 @@ knob has one definition, one default and one help text.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SCHEMA_VERSION = "sftrl/v1"
 
@@ -113,6 +114,14 @@ class RLParams(_Strict):
     )
 
 
+# The registered benchmarks (job_runtime.benchmarks.registry; a test keeps the two equal), here so
+# the controller can refuse a misspelt name at `sftrl validate` without importing the runtime.
+BENCHMARK_NAMES: tuple[str, ...] = (
+    "mathvista", "mathvision", "mathvision_testmini", "mathverse", "wemath", "gpqa", "math500", "mmlu",
+    "hallusionbench", "mmbench", "synthetic",
+)
+
+
 class EvalParams(_Strict):
     """Evaluation of a model on a list of benchmarks."""
 
@@ -135,6 +144,16 @@ class EvalParams(_Strict):
     judge: str | None = Field(
         None, description="OpenAI-compatible endpoint of an optional LLM answer extractor (off by default)."
     )
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name not in BENCHMARK_NAMES:
+                near = difflib.get_close_matches(name, BENCHMARK_NAMES, n=1)
+                hint = f"; did you mean '{near[0]}'?" if near else ""
+                raise ValueError(f"unknown benchmark '{name}'{hint} Known: {', '.join(BENCHMARK_NAMES)}")
+        return v
 
 
 PARAMS_BY_KIND: dict[str, type[BaseModel]] = {"sft": SFTParams, "rl": RLParams, "eval": EvalParams}

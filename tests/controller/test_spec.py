@@ -82,3 +82,11 @@ def test_dump_roundtrips_with_defaults():
     exp = spec.load(EXAMPLES / "quickstart.yaml")
     again = spec.validate_dict(yaml.safe_load(spec.dump(exp)))
     assert again == exp
+
+
+def test_unknown_benchmark_is_refused_with_a_suggestion():
+    raw = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
+    raw["spec"]["eval"]["benchmarks"] = ["mathvsta"]
+    with pytest.raises(spec.SpecError) as e:
+        spec.validate_dict(raw)
+    assert "spec.eval.benchmarks: unknown benchmark 'mathvsta'; did you mean 'mathvista'?" in e.value.problems[0]
