@@ -31,6 +31,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from controller.k8s_names import LabelValue
+
 DeepSpeedChoice = Literal["auto", "none", "zero2", "zero3"]
 ZERO3_FROM_BILLION = 7.0  # 'auto' picks ZeRO-3 at and above this many billion parameters
 GRADIENT_CLIPPING = 1.0  # = transformers TrainingArguments.max_grad_norm default (HF checks they match)
@@ -64,7 +66,7 @@ class Resources(BaseModel):
     cpu: str | None = Field(None, description="CPU request per pod, a Kubernetes quantity (e.g. '32', '500m').")
     memory: str | None = Field(None, description="Memory request per pod, a Kubernetes quantity (e.g. '256Gi').")
     shm_size: str | None = Field(None, description="Size of /dev/shm per pod (default 8Gi per GPU).")
-    node_selector: dict[str, str] = Field(
+    node_selector: dict[str, LabelValue] = Field(
         default_factory=dict,
         description="Node labels the pods must match, e.g. {gpu: h100} (adds to kubernetes.node_selector).",
     )

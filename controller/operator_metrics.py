@@ -79,6 +79,12 @@ class OperatorMetrics:
         self._lock = threading.Lock()
         self._last_cycle_at = time.time()
 
+    def heartbeat(self) -> None:
+        """A loop pass finished (with or without Experiments): keeps /healthz healthy while idle."""
+        with self._lock:
+            self._last_cycle_at = time.time()
+            self.last_cycle.set(self._last_cycle_at)
+
     def observe_cycle(self, experiment: str, counts_by_state: Mapping[str, int], seconds: float) -> None:
         """Record one reconcile cycle of ``experiment``: stage counts by state and its duration."""
         if seconds < 0:

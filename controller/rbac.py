@@ -19,18 +19,17 @@ from __future__ import annotations
 Permission = tuple[str, str, tuple[str, ...]]
 
 OPERATOR_PERMISSIONS: list[Permission] = [
-    # Each stage runs as a Kubeflow PyTorchJob; delete on cancel or before a retry.
-    ("kubeflow.org", "pytorchjobs", ("get", "list", "watch", "create", "delete")),
-    # Watch Experiments; update/patch for the operator's finalizer.
-    ("sftrl.io", "experiments", ("get", "list", "watch", "update", "patch")),
+    # Each stage runs as a Kubeflow PyTorchJob: one label-selected list per cycle, create, and
+    # delete on cancel. (The CLI's `status`/`logs` run with the user's own credentials.)
+    ("kubeflow.org", "pytorchjobs", ("list", "create", "delete")),
+    # One list of Experiments per cycle.
+    ("sftrl.io", "experiments", ("list",)),
     # Phase, per-stage state, counts, conditions, observedGeneration.
-    ("sftrl.io", "experiments/status", ("get", "update", "patch")),
-    # Events on Experiments (stage launched, succeeded, failed).
-    ("", "events", ("create", "patch")),
-    # Training pods: scheduling, OOM kills, preemption.
-    ("", "pods", ("get", "list", "watch")),
-    # Logs of a failed pod, quoted in the failure report.
-    ("", "pods/log", ("get",)),
+    ("sftrl.io", "experiments/status", ("patch",)),
+    # Warning events for permanent API errors.
+    ("", "events", ("create",)),
+    # Training pods: why a job's master failed (OOM kill, image pull).
+    ("", "pods", ("list",)),
 ]
 
 
@@ -39,7 +38,7 @@ def allowed(api_group: str, resource: str, verb: str) -> bool:
 
     >>> allowed("kubeflow.org", "pytorchjobs", "create")
     True
-    >>> allowed("kubeflow.org", "pytorchjobs", "update")
+    >>> allowed("kubeflow.org", "pytorchjobs", "patch")
     False
     """
     return any(g == api_group and r == resource and verb in verbs for g, r, verbs in OPERATOR_PERMISSIONS)

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from controller.deepspeed import Resources
+from controller.k8s_names import Image, LabelValue, ObjectName
 from job_runtime.contract import EvalParams, RLParams, SFTParams
 
 API_VERSION = "sftrl/v1"
@@ -70,14 +71,14 @@ class ResourcesSpec(_Strict):
 
 class KubernetesSpec(_Strict):
     namespace: str = Field("default", description="Namespace of the PyTorchJobs.")
-    image: str = Field("ghcr.io/sftrl/runtime:0.1.0", description="Runtime image (job_runtime, TRL, vLLM).")
-    queue: str | None = Field(None, description="Kueue LocalQueue name; sets kueue.x-k8s.io/queue-name.")
-    service_account: str | None = Field(None, description="ServiceAccount of the training pods.")
-    image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets for private registries.")
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector of training pods.")
+    image: Image = Field("ghcr.io/sftrl/runtime:0.1.0", description="Runtime image (job_runtime, TRL, vLLM).")
+    queue: LabelValue | None = Field(None, description="Kueue LocalQueue name; sets kueue.x-k8s.io/queue-name.")
+    service_account: ObjectName | None = Field(None, description="ServiceAccount of the training pods.")
+    image_pull_secrets: list[ObjectName] = Field(default_factory=list, description="Secrets for private registries.")
+    node_selector: dict[str, LabelValue] = Field(default_factory=dict, description="Node selector of training pods.")
     tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Tolerations of training pods.")
-    storage_secret: str | None = Field(None, description="Secret with AWS_* keys for s3:// storage.")
-    priority_class: str | None = Field(None, description="PriorityClass of training pods.")
+    storage_secret: ObjectName | None = Field(None, description="Secret with AWS_* keys for s3:// storage.")
+    priority_class: ObjectName | None = Field(None, description="PriorityClass of training pods.")
 
     _ns = field_validator("namespace")(lambda v: _check_name(v, "namespace"))
 

@@ -71,6 +71,7 @@ def connect(kubeconfig: str | None = None, context: str | None = None,
     """
     cfg = kclient.Configuration()
     namespace = "default"
+    kubeconfig = kubeconfig or os.environ.get("KUBECONFIG") or None  # read now, not at import time
     try:
         if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST") and SA_NAMESPACE.exists():
             kconfig.load_incluster_config(client_configuration=cfg)
@@ -341,7 +342,7 @@ class ClusterView:
         self._pods_listed = False
         self._done: dict[str, set[str]] = {}  # storage root -> complete stage ids (this refresh)
         self._done_forever: dict[str, set[str]] = {}  # remote roots: complete stays complete
-        self.rejected_until: dict[tuple[str, str], float] = {}
+        self.rejected: dict[tuple[str, str], tuple[float, str]] = {}  # (ns, stage) -> (retry after, why)
 
     def refresh(self) -> None:
         jobs = self.api.list_jobs(self.namespace, render.SELECTOR)
@@ -353,14 +354,14 @@ class ClusterView:
 
     def add(self, job: Mapping[str, Any]) -> None:
         meta = job.get("metadata") or {}
-        parsed = render.stage_of_job(str(meta.get("name", "")))
+        parsed = render.stage_of(job)
         if parsed is None:
             return
         sid, attempt = parsed
         self.by_stage.setdefault((meta.get("namespace") or "default", sid), {})[attempt] = dict(job)
 
-    def remove(self, namespace: str, name: str) -> None:
-        parsed = render.stage_of_job(name)
+    def remove(self, namespace: str, job: Mapping[str, Any]) -> None:
+        parsed = render.stage_of(job)
         if parsed:
             self.by_stage.get((namespace, parsed[0]), {}).pop(parsed[1], None)
 
@@ -440,13 +441,16 @@ class K8sExecutor:
 
     def apply(self, plan: Plan, actions: Sequence[Action]) -> None:
         now = self.clock()
-        todo = [a for a in actions if not (isinstance(a, Launch)
-                                           and self.view.rejected_until.get((self.namespace, a.stage), 0) > now)]
+        cooling = {sid: why for (ns, sid), (until, why) in self.view.rejected.items()
+                   if ns == self.namespace and until > now and sid in plan.stages}
+        todo = [a for a in actions if not (isinstance(a, Launch) and a.stage in cooling)]
         for a in todo[: self.max_actions]:
             if isinstance(a, Launch):
                 self._launch(plan, a)
             elif isinstance(a, Delete):
                 self._delete(a.stage)
+        for sid, why in cooling.items():  # still refused: keep reporting it
+            self.rejected.setdefault(sid, why)
 
     def _launch(self, plan: Plan, a: Launch) -> None:
         stage = plan.stages[a.stage]
@@ -465,11 +469,12 @@ class K8sExecutor:
             msg = (f"PyTorchJob {name} of stage {a.stage} was refused by the Kubernetes API "
                    f"({e.status} {e.reason}): {e.api_message}")
             self.rejected[a.stage] = msg
-            self.view.rejected_until[(self.namespace, a.stage)] = self.clock() + REJECT_COOLDOWN_S
+            self.view.rejected[(self.namespace, a.stage)] = (self.clock() + REJECT_COOLDOWN_S, msg)
             self.events("Warning", "LaunchRejected", msg)
             log.error("%s", msg)
             return
         self.view.add(job)
+        self.view.rejected.pop((self.namespace, a.stage), None)
         self.launched.append((a.stage, a.attempt))
         if created:
             self.events("Normal", "StageLaunched", f"stage {a.stage} ({stage.labels.run}) attempt {a.attempt}: "
@@ -482,6 +487,6 @@ class K8sExecutor:
                 continue
             name = job["metadata"]["name"]
             self.api.delete_job(self.namespace, name)
-            self.view.remove(self.namespace, name)
+            self.view.remove(self.namespace, job)
             self.deleted.append(stage_id)
             self.events("Normal", "StageCancelled", f"deleted PyTorchJob {name} of stage {stage_id}")

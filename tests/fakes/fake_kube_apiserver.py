@@ -1,0 +1,535 @@
+"""A FAKE Kubernetes API server, for tests only: nothing here is a real cluster.
+
+No Kubernetes control plane runs on the CI machines, so the Kubernetes client code of sftrl
+(controller/executors/k8s.py, controller/operator.py, controller/cli_k8s.py) is exercised against
+this small HTTP server on 127.0.0.1. It implements just enough of the REST API for:
+
+- ``kubeflow.org/v1`` PyTorchJobs, ``sftrl.io/v1alpha1`` Experiments (with a status subresource
+  and ``metadata.generation``), core ``v1`` Events and Pods (and ``pods/{name}/log``);
+- namespaced and cluster-wide lists with equality/existence label selectors;
+- ``resourceVersion`` on every write, ``409 AlreadyExists`` on creating an existing name,
+  ``409 Conflict`` on a stale ``resourceVersion``, JSON merge patch (RFC 7386);
+- optional validation of created PyTorchJobs against a CRD's openAPIV3Schema (422 Invalid).
+
+A simulated training operator (a thread) moves each PyTorchJob through Created -> Running ->
+Succeeded, creating its master pod with a log, and on success writes the stage's ``_SUCCESS``
+manifest under the ``output`` of the stage.json the job's ``--config`` points at (as the real
+job_runtime would). Hooks let tests inject exit codes per job name (1-127 fail at once,
+128-255 restart until ``backoffLimit`` then fail with ``BackoffLimitExceeded``), transient 500s
+for sftrl's clients (seeded), a 500 after a create that did happen (ambiguous create), and
+permanent rejections of a create.
+
+Accounting for assertions: ``creates`` (successful creates per PyTorchJob name), ``conflicts``,
+``requests`` (method, path, status, user agent, RBAC verb/group/resource), ``status_history``.
+
+>>> srv = FakeKubeApiServer().start()
+>>> srv.url.startswith("http://127.0.0.1:")
+True
+>>> srv.stop()
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+# (group, version, plural) -> kind
+RESOURCES: dict[tuple[str, str, str], str] = {
+    ("", "v1", "pods"): "Pod",
+    ("", "v1", "events"): "Event",
+    ("kubeflow.org", "v1", "pytorchjobs"): "PyTorchJob",
+    ("sftrl.io", "v1alpha1", "experiments"): "Experiment",
+}
+JOBS = ("kubeflow.org", "v1", "pytorchjobs")
+EXPERIMENTS = ("sftrl.io", "v1alpha1", "experiments")
+PODS = ("", "v1", "pods")
+EVENTS = ("", "v1", "events")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out
+
+
+def parse_selector(selector: str) -> list[tuple[str, str, str | None]]:
+    """'a=b,c!=d,e,!f' -> [(key, op, value)] with op in =, !=, exists, !exists."""
+    out: list[tuple[str, str, str | None]] = []
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        if "!=" in term:
+            k, v = term.split("!=", 1)
+            out.append((k.strip(), "!=", v.strip()))
+        elif "=" in term:
+            k, v = term.replace("==", "=").split("=", 1)
+            out.append((k.strip(), "=", v.strip()))
+        elif term.startswith("!"):
+            out.append((term[1:].strip(), "!exists", None))
+        else:
+            out.append((term, "exists", None))
+    return out
+
+
+def selector_matches(labels: dict[str, str], terms: list[tuple[str, str, str | None]]) -> bool:
+    for k, op, v in terms:
+        have = labels.get(k)
+        if (op == "=" and have != v) or (op == "!=" and have == v) or (op == "exists" and have is None) \
+                or (op == "!exists" and have is not None):
+            return False
+    return True
+
+
+@dataclass
+class _Sim:
+    t0: float
+    phase: str = "Created"
+    restarts: int = 0
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    status: int
+    agent: str
+    verb: str
+    group: str
+    resource: str
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, reason: str, message: str):
+        super().__init__(message)
+        self.code, self.reason, self.message = code, reason, message
+
+
+@dataclass
+class FakeKubeApiServer:
+    """The FAKE API server plus its simulated training operator. See the module docstring."""
+
+    job_seconds: float = 0.2  # how long a simulated job runs
+    start_delay: float = 0.05  # Created -> Running
+    queue_seconds: float = 0.0  # Kueue-labelled jobs stay Suspended this long
+    tick: float = 0.02
+    seed: int = 0
+    transient_rate: float = 0.0  # share of sftrl requests answered 500 (before doing anything)
+    ambiguous_create_rate: float = 0.0  # share of sftrl creates done, then answered 500
+    transient_agents: tuple[str, ...] = ("sftrl",)
+    pytorchjob_schema: dict[str, Any] | None = None  # validate creates against it when set
+    crds: set[str] = field(default_factory=lambda: {"pytorchjobs", "experiments"})
+    exit_codes: dict[str, int] = field(default_factory=dict)  # job name -> exit code of every run
+    reject_creates: dict[str, tuple[int, str]] = field(default_factory=dict)  # job name -> (code, message)
+
+    def __post_init__(self) -> None:
+        self.lock = threading.RLock()
+        self.rv = 0
+        self.store: dict[tuple[str, str, str], dict[tuple[str, str], dict[str, Any]]] = {r: {} for r in RESOURCES}
+        self.logs: dict[tuple[str, str], str] = {}
+        self.sim: dict[tuple[str, str], _Sim] = {}
+        self.creates: Counter[str] = Counter()
+        self.conflicts: Counter[str] = Counter()
+        self.config_missing_at_create: list[str] = []
+        self.requests: list[Request] = []
+        self.status_history: dict[str, list[dict[str, Any]]] = {}
+        self.rng = random.Random(self.seed)
+        self._stop = threading.Event()
+        self.httpd: ThreadingHTTPServer | None = None
+        self.url = ""
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def start(self, simulate: bool = True) -> FakeKubeApiServer:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _any(self) -> None:
+                server._handle(self)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _any
+
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # clients killed mid-request (the SIGKILL tests) are expected
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, name="fake-kube-api", daemon=True).start()
+        if simulate:
+            threading.Thread(target=self._simulate_loop, name="fake-training-operator", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+
+    def write_kubeconfig(self, path: str | Path, namespace: str = "default") -> Path:
+        path = Path(path)
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "users": [{"name": "fake", "user": {"token": "fake-token"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}],
+        }))
+        return path
+
+    # --- direct access for tests ----------------------------------------------------------------
+
+    def objects(self, resource: tuple[str, str, str], namespace: str | None = None) -> list[dict[str, Any]]:
+        with self.lock:
+            return [copy.deepcopy(o) for (ns, _), o in sorted(self.store[resource].items())
+                    if namespace is None or ns == namespace]
+
+    def get(self, resource: tuple[str, str, str], namespace: str, name: str) -> dict[str, Any] | None:
+        with self.lock:
+            o = self.store[resource].get((namespace, name))
+            return copy.deepcopy(o) if o is not None else None
+
+    def put_object(self, resource: tuple[str, str, str], obj: dict[str, Any]) -> dict[str, Any]:
+        """Create an object as an admin would (no fault injection, no accounting)."""
+        with self.lock:
+            return self._create(resource, obj["metadata"].get("namespace", "default"), obj, count=False)
+
+    def calls(self, agent: str = "sftrl") -> list[Request]:
+        with self.lock:
+            return [r for r in self.requests if r.agent.startswith(agent)]
+
+    # --- HTTP -------------------------------------------------------------------------------------
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        url = urlparse(h.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        length = int(h.headers.get("Content-Length") or 0)
+        raw = h.rfile.read(length) if length else b""
+        agent = h.headers.get("User-Agent", "")
+        verb, group, resource = "?", "?", "?"
+        try:
+            route = self._route(url.path)
+            group, resource = route[0][0], route[0][2] + (f"/{route[3]}" if route[3] else "")
+            verb = self._verb(h.command, route)
+            ours = agent.startswith(self.transient_agents)
+            if ours and self.transient_rate and self.rng.random() < self.transient_rate:
+                raise ApiError(500, "InternalError", "injected transient error (fake API server)")
+            body = json.loads(raw) if raw else None
+            code, out, text = self._dispatch(h.command, route, query, body, ours)
+        except ApiError as e:
+            code, text = e.code, None
+            out = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                   "message": e.message, "reason": e.reason, "code": e.code}
+        except json.JSONDecodeError as e:
+            code, text = 400, None
+            out = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": str(e),
+                   "reason": "BadRequest", "code": 400}
+        with self.lock:
+            self.requests.append(Request(h.command, url.path, code, agent, verb, group, resource))
+        data = text.encode() if text is not None else json.dumps(out).encode()
+        h.send_response(code)
+        h.send_header("Content-Type", "text/plain" if text is not None else "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+    def _route(self, path: str) -> tuple[tuple[str, str, str], str | None, str | None, str | None]:
+        """-> (resource, namespace, name, subresource)."""
+        parts = [p for p in path.split("/") if p]
+        if parts[:2] == ["api", "v1"]:
+            group, version, rest = "", "v1", parts[2:]
+        elif parts[:1] == ["apis"] and len(parts) >= 3:
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+        ns = None
+        if rest[:1] == ["namespaces"] and len(rest) >= 3:
+            ns, rest = rest[1], rest[2:]
+        if not rest:
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+        key = (group, version, rest[0])
+        if key not in RESOURCES or (group and rest[0] not in self.crds):
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+        return key, ns, (rest[1] if len(rest) > 1 else None), (rest[2] if len(rest) > 2 else None)
+
+    @staticmethod
+    def _verb(method: str, route: tuple) -> str:
+        if method == "GET":
+            return "get" if route[2] else "list"
+        return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, "?")
+
+    def _dispatch(self, method: str, route: tuple, query: dict[str, str], body: Any, ours: bool
+                  ) -> tuple[int, dict[str, Any] | None, str | None]:
+        res, ns, name, sub = route
+        with self.lock:
+            if method == "GET" and name is None:
+                return 200, self._list(res, ns, query.get("labelSelector", "")), None
+            if method == "POST" and name is None:
+                if ns is None:
+                    raise ApiError(405, "MethodNotAllowed", "create needs a namespace")
+                obj = self._create(res, ns, body, count=True)
+                if ours and res == JOBS and self.ambiguous_create_rate and self.rng.random() < self.ambiguous_create_rate:
+                    raise ApiError(500, "InternalError", "injected error after the create was stored (fake)")
+                return 201, obj, None
+            key = (ns or "default", name or "")
+            if key not in self.store[res]:
+                raise ApiError(404, "NotFound", f'{res[2]} "{name}" not found')
+            cur = self.store[res][key]
+        if method == "GET" and sub == "log":
+            return 200, None, self._log(key, query)
+        with self.lock:
+            cur = self.store[res].get(key)
+            if cur is None:
+                raise ApiError(404, "NotFound", f'{res[2]} "{name}" not found')
+            if method == "GET":
+                return 200, copy.deepcopy(cur), None
+            if method == "DELETE":
+                del self.store[res][key]
+                self.sim.pop(key, None)
+                if res == JOBS:
+                    for pk, pod in list(self.store[PODS].items()):
+                        if pod["metadata"].get("labels", {}).get("training.kubeflow.org/job-name") == name:
+                            del self.store[PODS][pk]
+                return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}, None
+            if method in ("PUT", "PATCH"):
+                if method == "PUT":
+                    want = (body or {}).get("metadata", {}).get("resourceVersion")
+                    if want and want != cur["metadata"]["resourceVersion"]:
+                        raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {res[2]} "{name}": '
+                                                        "the object has been modified; please apply your changes "
+                                                        "to the latest version and try again")
+                    new = copy.deepcopy(body)
+                else:
+                    new = merge_patch(cur, body)
+                return 200, self._update(res, key, cur, new, status_only=(sub == "status")), None
+        raise ApiError(405, "MethodNotAllowed", f"{method} is not supported here")
+
+    # --- storage of objects -----------------------------------------------------------------------
+
+    def _bump(self) -> str:
+        self.rv += 1
+        return str(self.rv)
+
+    def _list(self, res: tuple[str, str, str], ns: str | None, selector: str) -> dict[str, Any]:
+        terms = parse_selector(selector)
+        items = [copy.deepcopy(o) for (ons, _), o in sorted(self.store[res].items())
+                 if (ns is None or ons == ns) and selector_matches(o["metadata"].get("labels") or {}, terms)]
+        return {"kind": f"{RESOURCES[res]}List", "apiVersion": "/".join(filter(None, res[:2])),
+                "metadata": {"resourceVersion": str(self.rv)}, "items": items}
+
+    def _create(self, res: tuple[str, str, str], ns: str, body: Any, count: bool) -> dict[str, Any]:
+        if not isinstance(body, dict) or not body.get("metadata", {}).get("name"):
+            if isinstance(body, dict) and body.get("metadata", {}).get("generateName"):
+                body["metadata"]["name"] = body["metadata"]["generateName"] + uuid.uuid4().hex[:5]
+            else:
+                raise ApiError(422, "Invalid", "metadata.name: Required value: name or generateName is required")
+        name = body["metadata"]["name"]
+        if res == JOBS and name in self.reject_creates:
+            code, msg = self.reject_creates[name]
+            raise ApiError(code, "Forbidden" if code == 403 else "Invalid", msg)
+        if res == JOBS and self.pytorchjob_schema is not None:
+            import jsonschema
+
+            try:
+                jsonschema.validate(body, self.pytorchjob_schema)
+            except jsonschema.ValidationError as e:
+                raise ApiError(422, "Invalid", f"PyTorchJob.kubeflow.org \"{name}\" is invalid: {e.message}") from None
+        if (ns, name) in self.store[res]:
+            if count:
+                self.conflicts[name] += 1
+            raise ApiError(409, "AlreadyExists", f'{res[2]}.{res[0] or "core"} "{name}" already exists')
+        obj = copy.deepcopy(body)
+        meta = obj.setdefault("metadata", {})
+        meta.update(namespace=ns, uid=str(uuid.uuid4()), resourceVersion=self._bump(), creationTimestamp=_now(),
+                    generation=1)
+        if res == EXPERIMENTS:
+            obj.pop("status", None)
+        self.store[res][(ns, name)] = obj
+        if res == JOBS:
+            if count:
+                self.creates[name] += 1
+            obj["status"] = {"conditions": [self._cond("Created", f"PyTorchJob {name} is created.")]}
+            if self._config_missing(obj):
+                self.config_missing_at_create.append(name)
+            self.sim[(ns, name)] = _Sim(time.monotonic())
+        return copy.deepcopy(obj)
+
+    def _update(self, res: tuple, key: tuple[str, str], cur: dict, new: dict, status_only: bool) -> dict[str, Any]:
+        if status_only:
+            out = copy.deepcopy(cur)
+            out["status"] = new.get("status")
+            self.status_history.setdefault(key[1], []).append(copy.deepcopy(out["status"]))
+        else:
+            out = copy.deepcopy(new)
+            out["status"] = copy.deepcopy(cur.get("status"))  # the status subresource is separate
+            for k in ("uid", "creationTimestamp", "namespace", "name", "generation"):
+                out["metadata"][k] = cur["metadata"].get(k)
+            if out.get("spec") != cur.get("spec"):
+                out["metadata"]["generation"] = cur["metadata"].get("generation", 1) + 1
+        if out.get("status") is None:
+            out.pop("status", None)
+        out["metadata"]["resourceVersion"] = self._bump()
+        self.store[res][key] = out
+        return copy.deepcopy(out)
+
+    # --- the simulated training operator ----------------------------------------------------------
+
+    @staticmethod
+    def _cond(kind: str, message: str, reason: str | None = None, status: str = "True") -> dict[str, Any]:
+        return {"type": kind, "status": status, "reason": reason or f"PyTorchJob{kind}", "message": message,
+                "lastUpdateTime": _now(), "lastTransitionTime": _now()}
+
+    @staticmethod
+    def _config_uri(job: dict[str, Any]) -> str | None:
+        c = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+        args = list(c.get("command", [])) + list(c.get("args", []))
+        return args[args.index("--config") + 1] if "--config" in args else None
+
+    def _config_missing(self, job: dict[str, Any]) -> bool:
+        from job_runtime import storage
+
+        uri = self._config_uri(job)
+        return uri is None or not storage.exists(uri)
+
+    def _set(self, job: dict[str, Any], cond: dict[str, Any]) -> None:
+        conds = [c for c in job["status"].get("conditions", []) if c["type"] != cond["type"]]
+        if cond["type"] in ("Succeeded", "Failed", "Restarting"):
+            for c in conds:
+                if c["type"] == "Running":
+                    c["status"] = "False"
+        if cond["type"] == "Running":
+            conds = [c for c in conds if c["type"] not in ("Restarting", "Suspended")]
+        conds.append(cond)
+        job["status"]["conditions"] = conds
+        job["metadata"]["resourceVersion"] = self._bump()
+
+    def _pod(self, ns: str, job: dict[str, Any], state: dict[str, Any], phase: str, restarts: int) -> None:
+        name = job["metadata"]["name"]
+        tmpl = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
+        labels = dict(tmpl.get("metadata", {}).get("labels", {}))
+        labels.update({"training.kubeflow.org/job-name": name, "training.kubeflow.org/replica-type": "master",
+                       "training.kubeflow.org/replica-index": "0", "training.kubeflow.org/job-role": "master"})
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": f"{name}-master-0", "namespace": ns, "labels": labels,
+                            "resourceVersion": self._bump(), "uid": str(uuid.uuid4())},
+               "spec": {"containers": [{"name": "pytorch", "image": tmpl["spec"]["containers"][0]["image"]}]},
+               "status": {"phase": phase, "containerStatuses": [
+                   {"name": "pytorch", "state": state, "restartCount": restarts, "ready": phase == "Running"}]}}
+        self.store[PODS][(ns, pod["metadata"]["name"])] = pod
+
+    def _log(self, key: tuple[str, str], query: dict[str, str]) -> str:
+        if query.get("follow") == "true":  # stream until the pod ends (here: return once it has)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with self.lock:
+                    pod = self.store[PODS].get(key)
+                    if pod is None or pod["status"]["phase"] in ("Succeeded", "Failed"):
+                        break
+                time.sleep(self.tick)
+        with self.lock:
+            return self.logs.get(key, "")
+
+    def _simulate_loop(self) -> None:
+        while not self._stop.is_set():
+            with self.lock:
+                for key in list(self.sim):
+                    self._step(key)
+            time.sleep(self.tick)
+
+    def _step(self, key: tuple[str, str]) -> None:
+        from job_runtime import storage
+
+        sim, job = self.sim[key], self.store[JOBS].get(key)
+        if job is None:
+            return
+        ns, name = key
+        t = time.monotonic() - sim.t0
+        queued = "kueue.x-k8s.io/queue-name" in job["metadata"].get("labels", {})
+        pod_key = (ns, f"{name}-master-0")
+        if sim.phase == "Created":
+            if queued and self.queue_seconds > 0 and t < self.queue_seconds:
+                if not any(c["type"] == "Suspended" for c in job["status"]["conditions"]):
+                    self._set(job, self._cond("Suspended", f"PyTorchJob {name} is suspended.", "JobSuspended"))
+                return
+            if t >= self.start_delay + (self.queue_seconds if queued else 0):
+                sim.phase, sim.t0 = "Running", time.monotonic()
+                self._set(job, self._cond("Running", f"PyTorchJob {ns}/{name} is running."))
+                self._pod(ns, job, {"running": {"startedAt": _now()}}, "Running", sim.restarts)
+                self.logs[pod_key] = self.logs.get(pod_key, "") + f"[rank0] {name}: starting (attempt run {sim.restarts})\n"
+            return
+        if sim.phase != "Running" or t < self.job_seconds:
+            return
+        code = self.exit_codes.get(name, 0)
+        uri = self._config_uri(job)
+        if code == 0:
+            try:
+                cfg = storage.read_json(uri) if uri else None
+            except Exception:  # noqa: BLE001 - a missing config is the stage's exit 2
+                cfg = None
+            if cfg is None:
+                code = 2
+            else:
+                out = cfg["output"]
+                storage.write_text(storage.join(out, "metrics.jsonl"), json.dumps({"step": 1, "loss": 1.0}) + "\n")
+                storage.write_json(storage.join(out, "_SUCCESS"), {
+                    "files": {"metrics.jsonl": {"size": 0, "sha256": ""}}, "created": time.time(),
+                    "stage": cfg["id"], "job": name})
+        term = {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "finishedAt": _now()}}
+        self.logs[pod_key] = self.logs.get(pod_key, "") + f"[rank0] {name}: exit {code}\n"
+        if code == 0:
+            sim.phase = "Succeeded"
+            self._pod(ns, job, term, "Succeeded", sim.restarts)
+            self._set(job, self._cond("Succeeded", f"PyTorchJob {ns}/{name} successfully completed."))
+            job["status"]["completionTime"] = _now()
+            return
+        spec = job["spec"]["pytorchReplicaSpecs"]["Master"]
+        backoff = job["spec"].get("runPolicy", {}).get("backoffLimit", 0)
+        retryable = spec.get("restartPolicy") == "ExitCode" and code >= 128
+        if retryable and sim.restarts < backoff:
+            sim.restarts += 1
+            sim.phase, sim.t0 = "Created", time.monotonic() - self.start_delay
+            self._pod(ns, job, term, "Failed", sim.restarts)
+            self._set(job, self._cond("Restarting", f"PyTorchJob {name} is restarting because 1 Master replica(s) "
+                                                    "failed.", "PyTorchJobRestarting"))
+            return
+        sim.phase = "Failed"
+        self._pod(ns, job, term, "Failed", sim.restarts)
+        if retryable:
+            self._set(job, self._cond("Failed", f"Job {name} has failed because it has reached the specified "
+                                                "backoff limit", "BackoffLimitExceeded"))
+        else:
+            self._set(job, self._cond("Failed", f"PyTorchJob {name} is failed because 1 Master replica(s) failed."))
+        job["status"]["completionTime"] = _now()
+
+
+def pytorchjob_schema(crd_path: str | Path) -> dict[str, Any]:
+    """The openAPIV3Schema of a PyTorchJob CRD file (for ``FakeKubeApiServer(pytorchjob_schema=...)``)."""
+    import yaml
+
+    crd = yaml.safe_load(Path(crd_path).read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+    return version["schema"]["openAPIV3Schema"]
+
