@@ -126,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _say(f"experiment {plan.experiment}: {len(plan.runs)} runs, {len(plan.stages)} stages "
          f"({done} already done), up to {policy.max_parallel} at a time; storage {plan.root}")
     progress = _Progress(plan, start)
-    executor = LocalExecutor(on_event=progress)
+    executor = LocalExecutor(on_event=progress, max_parallel=policy.max_parallel or 1)
 
     def _term(signum, frame):  # SIGTERM behaves like Ctrl-C
         raise KeyboardInterrupt

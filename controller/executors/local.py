@@ -37,6 +37,7 @@ class LocalExecutor:
     """Stages as child processes of this one. Stage output must be on file:// or s3:// storage."""
 
     env: dict[str, str] | None = None
+    max_parallel: int = 1  # splits this machine's cores between concurrent stages
     on_event: Callable[[str, str, dict], None] = lambda event, sid, info: None
     procs: dict[str, _Proc] = field(default_factory=dict)
     failures: dict[str, Observed] = field(default_factory=dict)
@@ -99,11 +100,17 @@ class LocalExecutor:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "job_runtime", cfg.kind, "--config", cfg_uri],
                 stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **(self.env or {})}, start_new_session=True,
+                env=self._env(), start_new_session=True,
             )
         _lock(cfg.output, popen.pid)
         self.procs[a.stage] = _Proc(popen, a.attempt, time.time(), log)
         self.on_event("launched", a.stage, {"attempt": a.attempt, "log": str(log)})
+
+    def _env(self) -> dict[str, str]:
+        env = {**os.environ, **(self.env or {})}
+        # Concurrent CPU stages oversubscribe the cores unless each gets its share of threads.
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.max_parallel)))
+        return env
 
     def shutdown(self, plan: Plan) -> None:
         """Stop every child (Ctrl-C): their stages stay incomplete and rerun next time."""
