@@ -120,6 +120,25 @@ def _experiment_body(exp: spec_mod.Experiment, raw: dict[str, Any], namespace: s
             "spec": spec}
 
 
+def _is_local_path(uri: Any) -> bool:
+    return uri is not None and ("://" not in str(uri) or str(uri).startswith("file://"))
+
+
+def _cluster_storage(raw: dict[str, Any], override: str | None, watch: bool) -> dict[str, Any]:
+    """The spec's storage as the cluster should see it.
+
+    A local path (the quickstart's ./runs) is on this machine only: unless --watch runs the loop
+    here, it is dropped so the operator's default (Helm `storage.uri`) applies.
+    """
+    spec = dict(raw.get("spec") or {})
+    if override:
+        spec["storage"] = override
+    elif not watch and _is_local_path(spec.get("storage")):
+        print(f"note: spec.storage {spec.pop('storage')} is a local path that pods cannot reach; the cluster's "
+              "default storage (Helm value storage.uri) is used. Pass --storage s3://... to choose another.")
+    return {**raw, "spec": spec}
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     try:
         exp, raw = _load(args.file)
@@ -133,6 +152,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return _err(str(e))
     if not args.namespace and (raw.get("spec") or {}).get("kubernetes", {}).get("namespace"):
         args.namespace = raw["spec"]["kubernetes"]["namespace"]
+    raw = _cluster_storage(raw, args.storage, args.watch)
     n_stages = len(plan.stages)
     return _guard(lambda a: _submit(a, exp, raw, n_stages))(args)
 
@@ -326,6 +346,7 @@ def register(sub: Any) -> None:
     s.add_argument("file")
     s.add_argument("--watch", action="store_true", help="run the operator loop here until the experiment ends")
     s.add_argument("--interval", type=float, default=5.0, help="seconds between cycles with --watch")
+    s.add_argument("--storage", default=None, help="storage root for the cluster (overrides spec.storage)")
     _cluster_flags(s)
     s.set_defaults(func=cmd_submit)
 

@@ -34,6 +34,7 @@ from controller.report_stats import (
     Table,
     build_pairs,
     build_table,
+    rl_summary,
     split_columns,
 )
 from job_runtime import storage as sto
@@ -338,7 +339,46 @@ def summary_text(root_uri: str, experiment_name: str, out_dir: str | None = None
     sig = [p for p in ran if p.p < rep.cfg.alpha]  # type: ignore[operator]
     line = (f"SFT vs RL: {len(sig)} of {len(ran)} paired tests significant at p < {rep.cfg.alpha} "
             f"(details: {sto.join(res.out, 'report.html')})")
-    return text_table(rep.main, rep.mm_cols, width) + "\n\n" + line
+    return "\n\n".join([text_table(rep.main, rep.mm_cols, width), *_versus_base(rep), *_signal_lines(rep), line])
+
+
+def _versus_base(rep: Report) -> list[str]:
+    """One line per model: each method's change from the base model on the headline column."""
+    col = "mm_avg" if "mm_avg" in rep.main.columns else (rep.main.columns[0] if rep.main.columns else None)
+    out = []
+    for model, rows in rep.main.blocks.items():
+        base = next((r.values.get(col) for r in rows if r.is_base), None) if col else None
+        if base is None or base.mean is None:
+            continue
+        parts = []
+        for r in rows:
+            v = r.values.get(col)
+            if r.is_base or v is None or v.mean is None:
+                continue
+            scale = f" @{r.scale}" if r.scale is not None else ""
+            parts.append(f"{r.method}{scale} {100 * (v.mean - base.mean):+.1f}")
+        if parts:
+            out.append(f"{model}, change from base on {col} (points): " + ", ".join(parts))
+    return out
+
+
+def _signal_lines(rep: Report) -> list[str]:
+    """Signal availability of every RL run: the share of prompt groups whose rollouts did not all
+    get the same reward (1 - TRL's frac_reward_zero_std); 0 means GRPO had nothing to learn from."""
+    lines = []
+    for c in rep.curves:
+        s = rl_summary(c.rows)
+        if s["signal_mean"] is None:
+            continue
+        starved = "  (starved: no group had a learning signal)" if s["signal_mean"] == 0 else ""
+        held = ""
+        if s["heldout_last"] is not None:
+            first = next(r["heldout_accuracy"] for r in c.rows if isinstance(r.get("heldout_accuracy"), (int, float)))
+            held = f"; held-out accuracy {100 * first:.1f} -> {100 * s['heldout_last']:.1f}"
+        lines.append(f"  {c.run:<40} mean {s['signal_mean']:.2f} over {s['steps']} steps{held}{starved}")
+    if not lines:
+        return []
+    return ["RL signal availability (share of prompt groups whose rollouts got different rewards):\n" + "\n".join(lines)]
 
 
 SpecResolver = Callable[[str], tuple[str, str]]  # experiment file -> (name, storage root)

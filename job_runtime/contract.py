@@ -92,13 +92,19 @@ class RLParams(_Strict):
     max_completion_length: int = Field(2048, ge=1, description="Longest rollout in tokens.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of rollouts.")
-    beta: float = Field(0.0, ge=0, description="KL coefficient against the reference model (0: no reference).")
+    beta: float = Field(
+        0.0, ge=0,
+        description="KL coefficient against a reference model (0: none, as DAPO and TRL's default; EasyR1 uses 1e-2).",
+    )
     epsilon: float = Field(0.2, gt=0, description="Lower clip range of the policy ratio.")
     epsilon_high: float | None = Field(
         None, gt=0, description="Upper clip range (DAPO clip-higher); default: epsilon for grpo, 0.28 for dapo."
     )
     dynamic_sampling: bool | None = Field(
         None, description="Drop zero-variance groups and refill the batch (default: on for dapo only)."
+    )
+    dynamic_sampling_max_rounds: int = Field(
+        10, ge=1, description="Generation rounds per step to refill dropped groups (verl's DAPO: 10)."
     )
     overlong_buffer: int | None = Field(
         None, ge=0, description="DAPO soft overlong penalty buffer in tokens (default: 0 for grpo, 1/8 of max for dapo)."

@@ -193,8 +193,10 @@ class CheckpointWeightsMixin:
     """
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        weights = Path(resume_from_checkpoint) / "model.safetensors"
-        if getattr(self, "is_deepspeed_enabled", False) or getattr(self, "is_fsdp_enabled", False) or not weights.is_file():
+        ckpt = Path(resume_from_checkpoint)
+        # single-file or sharded (model.safetensors.index.json, as 7B models save): from_pretrained reads both
+        has_weights = (ckpt / "model.safetensors").is_file() or (ckpt / "model.safetensors.index.json").is_file()
+        if getattr(self, "is_deepspeed_enabled", False) or getattr(self, "is_fsdp_enabled", False) or not has_weights:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)  # type: ignore[misc]
         log.info("loading checkpoint weights from %s through from_pretrained", resume_from_checkpoint)
         load_checkpoint_weights(model if model is not None else self.model, resume_from_checkpoint)  # type: ignore[attr-defined]

@@ -294,7 +294,7 @@ def run(cfg: StageConfig) -> None:
 
     from job_runtime import data, modeling
     from job_runtime.checkpoints import CheckpointSync, publish_stage, resume_dir
-    from job_runtime.dynamic_sampling import DEFAULT_MAX_ROUNDS, DynamicSamplingGRPOTrainer
+    from job_runtime.dynamic_sampling import DynamicSamplingGRPOTrainer
     from job_runtime.heldout import HeldoutCallback
     from job_runtime.metrics import StageMetrics
 
@@ -369,7 +369,7 @@ def run(cfg: StageConfig) -> None:
                 processing_class=processor,
                 callbacks=[metrics.trainer_callback(), heldout, CheckpointSync(output, KEEP_CHECKPOINTS, sidecars)],
                 dynamic_sampling=algo.dynamic_sampling,
-                max_rounds=getattr(params, "dynamic_sampling_max_rounds", DEFAULT_MAX_ROUNDS),
+                max_rounds=params.dynamic_sampling_max_rounds,
             )
         heldout.trainer = trainer
         trainer.remove_callback(PrinterCallback)  # one compact line per step instead of TRL's dicts

@@ -481,3 +481,13 @@ def test_report_on_s3_storage(study, monkeypatch):
             assert res.main_text == local.main_text
         finally:
             reset_s3_backend()
+
+
+def test_summary_says_change_from_base_and_signal_availability(study, tmp_path):
+    st, _ = study
+    text = summary_text(st.uri, st.name, str(tmp_path / "s"))
+    assert "tiny-a, change from base on mm_avg (points):" in text
+    signal = np.mean([0.5 + step / 400 for step in range(0, 105, 5)])  # what _write_rl logged
+    rl_lines = [l for l in text.splitlines() if " over 100 steps" in l]
+    assert rl_lines and all(f"mean {signal:.2f} over 100 steps" in l for l in rl_lines)
+    assert "held-out accuracy 30.0 -> 35.0" in rl_lines[0]  # step 0: 0.3; step 100: 0.3 + 0.2 - 0.15

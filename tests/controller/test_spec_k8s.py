@@ -115,3 +115,14 @@ def test_other_kubernetes_names_are_refused_before_reaching_the_cluster(field, e
 def test_spec_checks_every_kubernetes_name(field, edit):
     problems = _problems(edit)
     assert any(field in p for p in problems)
+
+
+def test_submit_leaves_a_local_storage_path_to_the_cluster_default(capsys):
+    from controller.cli_k8s import _cluster_storage
+
+    raw = {"spec": {"storage": "./runs", "models": []}}
+    assert "storage" not in _cluster_storage(raw, None, watch=False)["spec"]
+    assert "pods cannot reach" in capsys.readouterr().out
+    assert _cluster_storage(raw, "s3://b/p", watch=False)["spec"]["storage"] == "s3://b/p"
+    assert _cluster_storage(raw, None, watch=True)["spec"]["storage"] == "./runs"  # the loop runs here
+    assert _cluster_storage({"spec": {"storage": "s3://b/x"}}, None, False)["spec"]["storage"] == "s3://b/x"
