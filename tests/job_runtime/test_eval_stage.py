@@ -93,7 +93,7 @@ def test_evaluate_scores_right_answers_as_right():
 
 
 def test_missing_data_fails_before_the_model_with_the_override_to_set(tmp_path, monkeypatch):
-    from job_runtime.__main__ import StageError
+    from job_runtime.errors import StageError
     from job_runtime.stages import eval as stage
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -101,7 +101,7 @@ def test_missing_data_fails_before_the_model_with_the_override_to_set(tmp_path, 
     with pytest.raises(StageError) as e:
         stage.run(_cfg(f"file://{tmp_path}/out", benchmarks=["synthetic", "gpqa"]))
     assert "'gpqa'" in str(e.value) and "eval.data.gpqa" in str(e.value)
-    with pytest.raises(StageError, match="mathvsta' is unknown.*mathvista"):
+    with pytest.raises(StageError, match="unknown benchmark 'mathvsta'; did you mean 'mathvista'"):
         stage.run(_cfg(f"file://{tmp_path}/out", benchmarks=["mathvsta"]))
     assert not storage.is_complete(f"file://{tmp_path}/out")
 
@@ -117,7 +117,7 @@ def test_cli_reports_missing_data_without_traceback(tmp_path):
 
 
 def test_unloadable_model_is_a_stage_error(tmp_path):
-    from job_runtime.__main__ import StageError
+    from job_runtime.errors import StageError
     from job_runtime.stages import eval as stage
 
     cfg = _cfg(f"file://{tmp_path}/out", limit=1).model_copy(update={"model": str(tmp_path / "no-model")})

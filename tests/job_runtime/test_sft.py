@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from job_runtime import modeling, storage
-from job_runtime.__main__ import StageError
+from job_runtime.errors import StageError
 from job_runtime.contract import Labels, SFTParams, StageConfig
 from job_runtime.stages import sft
 
