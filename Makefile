@@ -34,7 +34,7 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --doctest-modules controller job_runtime tests $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/score_throughput.py

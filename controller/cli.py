@@ -10,7 +10,6 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 
 from controller import spec as spec_mod
 from controller.plan import Plan, build_plan

@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping
 from controller import render
 from controller.executors.k8s import ApiRejected, ApiUnavailable, ClusterView, K8sExecutor, KubeApi
 from controller.plan import Plan, build_plan
-from controller.reconcile import Delete, Launch, Observed, Phase, Policy, State, counts, phase, reconcile
+from controller.reconcile import Delete, Observed, Phase, Policy, State, counts, phase, reconcile
 from controller.spec import Experiment, SpecError, validate_dict
 
 log = logging.getLogger("sftrl.operator")

@@ -19,7 +19,6 @@ Uncertainty, stated once:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 

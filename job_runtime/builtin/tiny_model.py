@@ -16,7 +16,8 @@ Processor. transformers' Qwen2VLProcessor wants a video processor, which needs t
 registered with AutoProcessor, so ``AutoProcessor.from_pretrained(dir)`` works once this module
 is imported (job_runtime.modeling imports it).
 
->>> path = tiny_model_path()          # doctest: +SKIP  (builds once, ~2 s, then cached)
+>>> path = tiny_model_path()          # doctest: +SKIP
+>>> # (builds once, ~2 s, then cached)
 >>> path.name.startswith("tiny-qwen2-vl-")  # doctest: +SKIP
 True
 """

@@ -34,10 +34,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import importlib.util
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -46,6 +44,7 @@ from typing import Any
 from job_runtime import storage
 from job_runtime.contract import METRICS_JSONL, RESULTS_JSON, RLParams, StageConfig
 from job_runtime.errors import StageError
+from job_runtime.trainer_setup import TrainerConfigError, accumulation, check_trl_overrides, launcher_world_size
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +53,7 @@ KEEP_CHECKPOINTS = 3  # complete checkpoints kept in storage
 HELDOUT_BATCH = 32
 
 
-class RLConfigError(ValueError):
-    """A parameter combination the stage cannot run; the message says which field and what to do."""
+RLConfigError = TrainerConfigError  # an rl parameter is unusable; the message names it and what to do
 
 
 # --- pure setup ------------------------------------------------------------------------------
@@ -109,45 +107,12 @@ def gradient_accumulation(params: RLParams, world_size: int) -> int:
     >>> gradient_accumulation(RLParams(global_batch_size=4, num_generations=4, per_device_batch_size=8), 1)
     2
     """
-    completions = params.global_batch_size * params.num_generations
-    per_pass = params.per_device_batch_size * world_size
-    if completions % per_pass:
-        raise RLConfigError(
-            f"rl.global_batch_size x rl.num_generations = {params.global_batch_size} x {params.num_generations} = "
-            f"{completions} completions per step does not divide into per_device_batch_size x world_size = "
-            f"{params.per_device_batch_size} x {world_size} = {per_pass}, because TRL counts its generation batch "
-            f"in completions (per_device_batch_size x gradient_accumulation x world_size). Choose a "
-            f"per_device_batch_size that divides {completions // world_size if completions % world_size == 0 else completions}, "
-            f"or a global_batch_size that makes {completions} a multiple of {per_pass}."
-        )
-    return completions // per_pass
-
-
-def check_trl_overrides(trl: dict[str, Any]) -> None:
-    """Every key under rl.trl must be a GRPOConfig field.
-
-    >>> check_trl_overrides({"loss_type": "bnpo"})
-    >>> check_trl_overrides({"los_type": "bnpo"})
-    Traceback (most recent call last):
-    ...
-    job_runtime.stages.rl.RLConfigError: rl.trl.los_type is not a trl.GRPOConfig field, because TRL's GRPOConfig has no option of that name. Fix the spelling (did you mean loss_type?) or remove it.
-    """
-    from trl import GRPOConfig
-
-    fields = {f.name for f in dataclasses.fields(GRPOConfig)}
-    for key in trl:
-        if key not in fields:
-            close = difflib.get_close_matches(key, sorted(fields), n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise RLConfigError(
-                f"rl.trl.{key} is not a trl.GRPOConfig field, because TRL's GRPOConfig has no option of that name. "
-                f"Fix the spelling{hint} or remove it."
-            )
-
-
-def launcher_world_size() -> int:
-    """WORLD_SIZE from the launcher (torchrun / the training operator), else 1."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return accumulation(
+        params.global_batch_size * params.num_generations, params.per_device_batch_size, world_size,
+        f"rl.global_batch_size x rl.num_generations = {params.global_batch_size} x {params.num_generations} =",
+        "because TRL counts its generation batch in completions (per_device_batch_size x gradient_accumulation x "
+        "world_size)",
+    )
 
 
 def want_vllm(params: RLParams) -> bool:
@@ -169,7 +134,9 @@ def grpo_config_kwargs(
     cfg: StageConfig, params: RLParams, algo: Algorithm, output_dir: str, world_size: int, use_vllm: bool, cuda: bool
 ) -> dict[str, Any]:
     """The GRPOConfig arguments of a stage: study settings, then rl.trl overrides."""
-    check_trl_overrides(params.trl)
+    from trl import GRPOConfig
+
+    check_trl_overrides(params.trl, GRPOConfig, "rl")
     kwargs: dict[str, Any] = {
         "output_dir": output_dir,
         "seed": cfg.seed,

@@ -25,10 +25,8 @@ place atomically, for s3:// it is uploaded, in both cases before ``_SUCCESS``.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -38,6 +36,7 @@ from typing import Any
 from job_runtime import storage
 from job_runtime.contract import METRICS_JSONL, RESULTS_JSON, SFTParams, StageConfig
 from job_runtime.errors import StageError
+from job_runtime.trainer_setup import TrainerConfigError, accumulation, check_trl_overrides, launcher_world_size
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +44,7 @@ KEEP_CHECKPOINTS = 2
 PROGRESS_JSON = "sft_progress.json"  # sidecar: samples seen so far, restored on resume
 
 
-class SFTConfigError(ValueError):
-    """An sft parameter is unusable; the message names it and what to do."""
+SFTConfigError = TrainerConfigError  # an sft parameter is unusable; the message names it and what to do
 
 
 def _stage_error(msg: str) -> Exception:
@@ -56,57 +54,14 @@ def _stage_error(msg: str) -> Exception:
 # --- setup (pure) ----------------------------------------------------------------------------------
 
 
-def launcher_world_size() -> int:
-    """WORLD_SIZE from the launcher (torchrun / the training operator), else 1."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def gradient_accumulation(params: SFTParams, world_size: int) -> int:
     """Accumulation steps so that one optimiser step sees global_batch_size sequences.
 
     >>> gradient_accumulation(SFTParams(), 8)          # 128 = 4 per device x 4 x 8 GPUs
     4
-    >>> gradient_accumulation(SFTParams(global_batch_size=16, per_device_batch_size=16), 1)
-    1
-    >>> gradient_accumulation(SFTParams(global_batch_size=100), 8)
-    Traceback (most recent call last):
-    ...
-    job_runtime.stages.sft.SFTConfigError: sft.global_batch_size 100 does not divide into per_device_batch_size x world_size = 4 x 8 = 32, because global batch = per-device batch x accumulation x world size. Use a global_batch_size that is a multiple of 32 (e.g. 96 or 128), or change per_device_batch_size.
     """
-    per_pass = params.per_device_batch_size * world_size
-    g = params.global_batch_size
-    if g % per_pass:
-        lower, upper = g // per_pass * per_pass, (g // per_pass + 1) * per_pass
-        examples = f"{lower} or {upper}" if lower else f"{upper}"
-        raise SFTConfigError(
-            f"sft.global_batch_size {g} does not divide into per_device_batch_size x world_size = "
-            f"{params.per_device_batch_size} x {world_size} = {per_pass}, because global batch = per-device batch x "
-            f"accumulation x world size. Use a global_batch_size that is a multiple of {per_pass} "
-            f"(e.g. {examples}), or change per_device_batch_size."
-        )
-    return g // per_pass
-
-
-def check_trl_overrides(trl: dict[str, Any]) -> None:
-    """Every key under sft.trl must be a trl.SFTConfig field.
-
-    >>> check_trl_overrides({"weight_decay": 0.1})
-    >>> check_trl_overrides({"weight_decai": 0.1})
-    Traceback (most recent call last):
-    ...
-    job_runtime.stages.sft.SFTConfigError: sft.trl.weight_decai is not a trl.SFTConfig field, because TRL's SFTConfig has no option of that name. Fix the spelling (did you mean weight_decay?) or remove it.
-    """
-    from trl import SFTConfig
-
-    fields = {f.name for f in dataclasses.fields(SFTConfig)}
-    for key in trl:
-        if key not in fields:
-            close = difflib.get_close_matches(key, sorted(fields), n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise SFTConfigError(
-                f"sft.trl.{key} is not a trl.SFTConfig field, because TRL's SFTConfig has no option of that name. "
-                f"Fix the spelling{hint} or remove it."
-            )
+    return accumulation(params.global_batch_size, params.per_device_batch_size, world_size, "sft.global_batch_size",
+                        "because global batch = per-device batch x accumulation x world size")
 
 
 def _checkpointing_field() -> str:
@@ -127,7 +82,9 @@ def sft_config_kwargs(cfg: StageConfig, params: SFTParams, output_dir: str, worl
     >>> kw["gradient_accumulation_steps"], kw["seed"], kw["warmup_steps"], kw["weight_decay"]
     (4, 3, 0.1, 0.1)
     """
-    check_trl_overrides(params.trl)
+    from trl import SFTConfig
+
+    check_trl_overrides(params.trl, SFTConfig, "sft")
     kwargs: dict[str, Any] = {
         "output_dir": output_dir,
         "seed": cfg.seed,

@@ -21,7 +21,7 @@ from controller.spec import validate_dict
 from job_runtime import storage
 from tests.conftest import ROOT
 from tests.fakes.fake_kube_apiserver import EVENTS, EXPERIMENTS, JOBS, FakeKubeApiServer
-from tests.fakes.kube import connect, experiment_cr, experiment_schema, submit, tiny_spec
+from tests.fakes.kube import connect, experiment_schema, submit, tiny_spec
 
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
 

@@ -169,7 +169,7 @@ def test_user_errors_are_one_line_stage_errors_before_any_work(tmp_path):
 def test_batch_arithmetic_must_divide():
     assert rl.gradient_accumulation(RLParams(), world_size=8) == 80
     assert rl.gradient_accumulation(RLParams(global_batch_size=8, num_generations=4, per_device_batch_size=32), 1) == 1
-    with pytest.raises(rl.RLConfigError, match=r"512 x 10 = 5120 completions .* 6 x 1 = 6"):
+    with pytest.raises(rl.RLConfigError, match=r"512 x 10 = 5120 does not divide .* 6 x 1 = 6, because TRL counts"):
         rl.gradient_accumulation(RLParams(per_device_batch_size=6), world_size=1)
 
 

@@ -4,9 +4,7 @@ and s3:// outputs), resume from a checkpoint, pinned metrics, and learning the s
 from __future__ import annotations
 
 import doctest
-import json
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -39,7 +37,7 @@ def rows(uri: str) -> list[dict]:
 
 def test_doctests():
     result = doctest.testmod(sft)
-    assert result.attempted >= 8 and result.failed == 0
+    assert result.attempted >= 4 and result.failed == 0
 
 
 def test_config_kwargs_pass_through_and_deepspeed():
