@@ -199,9 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--storage", default=None, help="storage root when EXPERIMENT is a name")
     rep.set_defaults(func=cmd_report)
 
-    ev = sub.add_parser("eval", help="evaluation tools: `sftrl eval score BENCHMARK --input F --output F`")
-    ev.add_argument("rest", nargs=argparse.REMAINDER)
-    ev.set_defaults(func=cmd_eval)
+    ev = sub.add_parser("eval", help="evaluation tools")
+    ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="TOOL")
+    sc = ev_sub.add_parser("score", add_help=False,
+                           help="re-score saved generations: score BENCHMARK --input rows.jsonl --output scored.jsonl")
+    sc.add_argument("rest", nargs=argparse.REMAINDER)
+    sc.set_defaults(func=cmd_eval)
 
     try:
         from controller import cli_k8s
@@ -213,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["eval", "score"]:  # everything after it belongs to the scorer, --help included
+        return cmd_eval(argparse.Namespace(rest=argv[2:]))
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -100,3 +100,19 @@ def test_doctests():
     import job_runtime.score
 
     assert doctest.testmod(job_runtime.score).failed == 0
+
+
+def test_sftrl_eval_score_is_the_same_command(tmp_path):
+    """`sftrl eval score` (the controller CLI) execs `python -m job_runtime score` unchanged."""
+    rows = _mathvision_rows(4)
+    for r in rows:
+        r["response"] = f"So the final answer is \\boxed{{{r['answer']}}}."
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sftrl = ROOT / ".venv" / "bin" / "sftrl"
+    cmd = [str(sftrl)] if sftrl.exists() else [sys.executable, "-m", "controller.cli"]
+    r = subprocess.run([*cmd, "eval", "score", "mathvision_testmini", "--input", str(tmp_path / "in.jsonl"),
+                        "--output", str(tmp_path / "out.jsonl")], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "accuracy = 1.0000 (4/4 rows scored)" in r.stdout
+    out = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [o["id"] for o in out] == [x["id"] for x in rows] and all(o["correct"] is True for o in out)
