@@ -195,3 +195,18 @@ def test_grpo_config_passes_trl_fields_and_deepspeed_through(tmp_path):
     assert kw["deepspeed"]["zero_optimization"]["stage"] == 2
     args = GRPOConfig(**{**kw, "deepspeed": None})
     assert args.generation_batch_size == 16 and args.num_generations == 4 and args.epsilon_high == 0.2
+
+
+def test_vllm_colocate_is_configured_when_asked_and_refused_without_vllm(tmp_path):
+    """vLLM itself cannot run here (no GPU, no vLLM): check the config TRL would receive, and the
+    clear refusal when rl.use_vllm is forced on a machine without it."""
+    from trl import GRPOConfig
+
+    cfg = tiny_stage("file:///x", "grpo")
+    params = RLParams.model_validate(cfg.params)
+    kw = rl.grpo_config_kwargs(cfg, params, rl.resolve_algorithm("grpo", params), str(tmp_path), 1, True, False)
+    assert kw["use_vllm"] is True and kw["vllm_mode"] == "colocate"
+    assert GRPOConfig(**kw).vllm_mode == "colocate"
+    assert rl.want_vllm(params.model_copy(update={"use_vllm": False})) is False
+    with pytest.raises(Exception, match="rl.use_vllm is true, but vLLM is not importable"):
+        rl.want_vllm(params.model_copy(update={"use_vllm": True}))
