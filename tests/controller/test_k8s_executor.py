@@ -199,7 +199,6 @@ def test_unreachable_api_and_missing_kubeconfig_say_what_to_do(tmp_path):
 
 def test_completion_listing_on_s3(tmp_path, monkeypatch):
     """The remote branch of ClusterView: one listing of stages/ (real moto S3 server)."""
-    pytest.importorskip("boto3")
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)

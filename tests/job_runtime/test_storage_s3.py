@@ -14,7 +14,7 @@ from job_runtime import storage
 from job_runtime.storage import StorageError, StorageUnavailable
 from tests.job_runtime.conftest import free_port, moto_server, point_at, reset_s3_backend
 
-boto3 = pytest.importorskip("boto3")  # the s3 extra; CI installs it
+import boto3  # the s3 extra (make venv installs it)
 from job_runtime.storage_s3 import S3Settings, read_credentials_file  # noqa: E402
 
 
