@@ -25,7 +25,7 @@ _TEXT_CMDS = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mathit|mbox|oper
 _SPACES = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~|\\displaystyle|\\left|\\right|\\big|\\Big")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree|掳|\{?degrees?\}?(?![a-z])", re.IGNORECASE)
 _THOUSANDS = re.compile(r"(?<![\d.])(\d{1,3})((?:,\d{3})+)(?![\d])")
-_LATEX_THOUSANDS = re.compile(r"(\d)\{,\}(\d{3})")
+_LATEX_THOUSANDS = re.compile(r"(?<=\d)\{,\}(?=\d{3})")  # lookarounds: "1{,}000{,}000" has two
 
 
 def clean_latex(s: str) -> str:
@@ -46,7 +46,7 @@ def clean_latex(s: str) -> str:
         s = new
     s = _SPACES.sub("", s)
     s = _DEGREES.sub("", s)
-    s = _LATEX_THOUSANDS.sub(r"\1\2", s)
+    s = _LATEX_THOUSANDS.sub("", s)
     s = _THOUSANDS.sub(lambda m: m.group(1) + m.group(2).replace(",", ""), s)
     return s.strip()
 

@@ -116,6 +116,14 @@ def test_mathvision_tuples_and_ratios(mathvision):
     _check("mathvision", mathvision["2937"], right=["\\boxed{1:2}", "The answer is 1 : 2"], wrong=["\\boxed{2:1}"])
 
 
+def test_mathvision_latex_thousands_separators_in_every_group(mathvision):
+    # regression (bench/score_agreement.py): "2{,}309{,}415{,}687" lost all but its first separator
+    _check("mathvision", mathvision["431"], right=["\\boxed{2{,}309{,}415{,}687}", "The answer is $2{,}309{,}415{,}687$."],
+           wrong=["\\boxed{2{,}309{,}415{,}688}"])
+    row = {"unique_id": "t/3.json", "problem": "p", "answer": "1000000"}
+    _check("math500", row, right=["\\boxed{1{,}000{,}000}"], wrong=["\\boxed{1{,}000{,}001}"])
+
+
 def test_mathvision_letter_options_are_positions(mathvision):
     row = mathvision["2605"]  # options are the letters B, G, O, R, Y; the answer is position A
     _check("mathvision", row, right=["\\boxed{A}"], wrong=["\\boxed{B}"])
