@@ -4,7 +4,8 @@ Extraction order (`extract_answer`), first hit wins:
 
 1. Region: the text after the last ``</think>`` is searched first; the whole response only when
    that final part holds no answer (a boxed answer inside the reasoning is a last resort).
-2. In a region: the last ``\\boxed{...}`` (or ``\\fbox{}``), else the last ``<answer>...</answer>``,
+2. In a region: the last ``\\boxed{...}`` (or ``\\fbox{}``) unless a later line states a "final
+   answer" without a box (a box inside reasoning that the model then revised), else the last ``<answer>...</answer>``,
    else the last answer phrase: "final answer: X", "the (correct) answer/option is X",
    "answer should be X", a line starting "Answer: X" / "**Answer:** X", "答案是 X". A phrase
    captures the rest of its line up to the end of the sentence (or the next line when it ends
@@ -134,6 +135,25 @@ def _phrase_answer(region: str) -> str | None:
     return None
 
 
+_FINAL = re.compile(r"final\s+answer", re.IGNORECASE)
+
+
+def _final_after_box(region: str) -> str | None:
+    """An explicit "final answer" statement on a line after the last box, without a box of its own.
+
+    >>> _final_after_box("So \\\\boxed{3}. Wait, I miscounted.\\nFinal answer: 4")
+    '4'
+    >>> _final_after_box("The final answer is \\\\boxed{5}.") is None
+    True
+    """
+    box_line = region.count("\n", 0, max(region.rfind("\\boxed"), region.rfind("\\fbox")))
+    tail = "\n".join(region.split("\n")[box_line + 1 :])
+    if not _FINAL.search(tail):
+        return None
+    phrase = _phrase_answer(tail)
+    return clean_answer(phrase) if phrase and "\\boxed" not in phrase and clean_answer(phrase) else None
+
+
 def _lenient_answer(region: str) -> str | None:
     lines = [ln.strip() for ln in region.strip().split("\n") if ln.strip()]
     if not lines:
@@ -165,6 +185,10 @@ def find_answer(text: str | None, *, lenient: bool = False) -> tuple[str | None,
     for region in regions:
         boxed = last_boxed(region)
         if boxed is not None and boxed.strip():
+            # A model that boxed a value mid-reasoning and then states its final answer: the last word counts.
+            later = _final_after_box(region)
+            if later:
+                return later, "phrase"
             return clean_answer(boxed), "boxed"
         tags = _ANSWER_TAG.findall(region)
         if tags and tags[-1].strip():

@@ -221,3 +221,15 @@ def test_math_verify_runs_outside_the_main_thread():
     t.start()
     t.join()
     assert out == [True]
+
+
+@pytest.mark.parametrize("response, expected", [
+    ("First try: \\boxed{3}.\nWait, I counted one square twice.\nFinal answer: 4", "4"),
+    ("Maybe \\boxed{3}?\nChecking again...\n**Final Answer:** (B)", "(B)"),
+    ("Thus the final answer is \\boxed{5}.", "5"),  # the box is the final statement
+    ("Final answer: 7\nDouble-check: \\boxed{7}", "7"),
+    ("\\boxed{2}\nThe final answer is \\boxed{6}.", "6"),
+    ("Step 1 gives \\boxed{3}.\nAnswer: 4", "3"),  # only an explicit 'final answer' overrides a box
+])
+def test_a_final_answer_after_a_revised_box_wins(response, expected):
+    assert extract_answer(response) == expected
