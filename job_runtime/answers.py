@@ -335,7 +335,8 @@ def extract_choice(text: str | None, choices: list[str] | None = None, n: int | 
     if m and m.group(1) in valid:
         return m.group(1), m.group(1)
     letters = {a or b for a, b in re.findall(r"\(([A-Z])\)|\*\*([A-Z])\*\*", last)}
-    if len(letters) == 1 and (letter := letters.pop()) in valid:
+    finished = re.search(r"[.!?)*\]]\s*$", last) is not None  # a response cut off mid-sentence has no answer
+    if len(letters) == 1 and finished and (letter := letters.pop()) in valid:
         return letter, letter
     return None, ans if ans is not None else lenient
 

@@ -233,3 +233,11 @@ def test_math_verify_runs_outside_the_main_thread():
 ])
 def test_a_final_answer_after_a_revised_box_wins(response, expected):
     assert extract_answer(response) == expected
+
+
+def test_a_response_cut_off_mid_sentence_names_no_option():
+    from job_runtime.answers import extract_choice
+
+    cut = "Let me compare the angles. The angle at A looks like option (B), which would make the triangle"
+    assert extract_choice(cut, n=4)[0] is None
+    assert extract_choice(cut + " isosceles, so I pick (B).", n=4)[0] == "B"
