@@ -284,10 +284,23 @@ class Operator:
             observed[sid] = Observed(State.RUNNING, attempt)
         problems = {**executor.rejected, **executor.storage_errors}
         status = build_status(plan, observed, policy, cancel, gen, prev, problems, now)
+        self._forget_superseded(set(prev.get("stages") or {}) - set(plan.stages) - needed)
         self._transitions(obj, plan, prev.get("stages") or {}, status["stages"])
         self._last_counts[(ns, name)] = status["counts"]
         self._write_status(ns, name, prev, status, obj)
         return status["phase"]
+
+    def _forget_superseded(self, stage_ids: set[str]) -> None:
+        """A resubmitted spec dropped these stages (and no live experiment needs them): delete their
+        Pushgateway groups so dashboards stop showing them (best effort: a failure is logged)."""
+        if not stage_ids or not self.defaults.pushgateway:
+            return
+        from controller.operator_metrics import delete_stale
+
+        try:
+            delete_stale(self.defaults.pushgateway, sorted(stage_ids))
+        except RuntimeError as e:
+            log.warning("%s", e)
 
     def _write_status(self, ns: str, name: str, prev: Mapping[str, Any], status: dict[str, Any],
                       obj: Mapping[str, Any], warn: tuple[str, str] | None = None) -> None:

@@ -33,6 +33,30 @@ DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 PUSH_JOB = "sftrl"  # must match job_runtime.metrics.PUSH_JOB (the Pushgateway grouping key)
 
 
+def delete_stale(pushgateway: str, stage_ids: Iterable[str], timeout: float = 10.0) -> list[str]:
+    """Delete the Pushgateway groups ``{job="sftrl", stage=<id>}`` of superseded stages.
+
+    Returns the ids whose group was deleted (deleting a group that does not exist succeeds too).
+    Raises RuntimeError naming the Pushgateway when it cannot be reached.
+
+    >>> delete_stale("http://127.0.0.1:9", [])
+    []
+    """
+    from prometheus_client import delete_from_gateway
+
+    done = []
+    for sid in stage_ids:
+        try:
+            delete_from_gateway(pushgateway, job=PUSH_JOB, grouping_key={"stage": sid}, timeout=timeout)
+        except OSError as e:
+            raise RuntimeError(
+                f"Could not delete stage {sid} from the Pushgateway {pushgateway}, because {e}. "
+                "Check the pushgateway URL and that it is running."
+            ) from e
+        done.append(sid)
+    return done
+
+
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True

@@ -18,7 +18,7 @@
 - Rank 0 (env RANK unset or 0) serves ``/metrics`` over HTTP when ``cfg.metrics_port`` is set
   (0 = any free port; ``.port`` says which), from its own ``CollectorRegistry``.
 - With ``cfg.pushgateway`` set, ``log_eval`` and ``close`` push the stage's metrics to the
-  Pushgateway under the grouping key ``{job="sftrl", stage=<id>}``; ``delete_stale`` removes the
+  Pushgateway under the grouping key ``{job="sftrl", stage=<id>}``; the operator removes the
   groups of superseded stages.
 - ``trainer_callback()`` is the TRL/transformers callback that does all of this on every log and
   stops training when ``should_stop`` is set.
@@ -160,32 +160,6 @@ def serve_registry(registry: Any, port: int, addr: str = "0.0.0.0", on_scrape=No
     server = make_server(addr, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="sftrl-metrics", daemon=True).start()
     return server
-
-
-def delete_stale(pushgateway: str, stage_ids: Iterable[str], timeout: float = 10.0) -> list[str]:
-    """Delete the Pushgateway groups ``{job="sftrl", stage=<id>}`` of superseded stages.
-
-    Returns the ids whose group was deleted (deleting a group that does not exist succeeds too).
-    Raises RuntimeError naming the Pushgateway when it cannot be reached.
-
-    >>> delete_stale("http://127.0.0.1:9", [])
-    []
-    """
-    ids = [s for s in stage_ids]
-    if not ids:
-        return []
-    prom = _prometheus()
-    done = []
-    for sid in ids:
-        try:
-            prom.delete_from_gateway(pushgateway, job=PUSH_JOB, grouping_key={"stage": sid}, timeout=timeout)
-        except OSError as e:
-            raise RuntimeError(
-                f"Could not delete stage {sid} from the Pushgateway {pushgateway}, because {e}. "
-                "Check the pushgateway URL and that it is running."
-            ) from e
-        done.append(sid)
-    return done
 
 
 def exported_sample_names() -> set[str]:

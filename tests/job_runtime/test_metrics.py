@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.operator_metrics import OperatorMetrics
+from controller.operator_metrics import OperatorMetrics, delete_stale
 from controller.operator_metrics import serve as serve_operator
 from job_runtime import metrics as M
 from job_runtime.contract import EVAL_ACCURACY_METRIC, METRIC_LABELS, TRAIN_METRICS, Labels, StageConfig
@@ -309,7 +309,20 @@ def test_eval_outcomes_are_pushed_per_stage_and_stale_groups_deleted(tmp_path, p
         assert s.labels["benchmark"] == "mathvista" and s.labels["run"] == LV["run"]
     [fin] = [s for s in _pushed(pushgateway, "sftrl_stage_finished") if s.labels["stage"] == "st1"]
     assert fin.value == 1.0  # close() pushed the final state
-    assert M.delete_stale(pushgateway, ["st1", "never-pushed"]) == ["st1", "never-pushed"]
+    assert delete_stale(pushgateway, ["st1", "never-pushed"]) == ["st1", "never-pushed"]
+    assert _pushed(pushgateway, "sftrl_eval_accuracy_ratio") == []
+
+
+def test_operator_deletes_the_pushed_groups_of_superseded_stages(tmp_path, pushgateway):
+    from types import SimpleNamespace
+
+    from controller.operator import ClusterDefaults, Operator
+
+    with M.StageMetrics(cfg(kind="eval", pushgateway=pushgateway), tmp_path / "m.jsonl") as m:
+        m.log_eval("mathvista", 0.5)
+    assert _pushed(pushgateway, "sftrl_eval_accuracy_ratio")
+    op = Operator(SimpleNamespace(), "default", defaults=ClusterDefaults(pushgateway=pushgateway))
+    op._forget_superseded({"st1"})
     assert _pushed(pushgateway, "sftrl_eval_accuracy_ratio") == []
 
 
@@ -318,7 +331,7 @@ def test_unreachable_pushgateway_is_counted_not_fatal(tmp_path):
         m.log_eval("gpqa", 0.3)
         assert m.push_errors == 1 and sample(m.registry, "sftrl_pushgateway_errors_total") == 1
     with pytest.raises(RuntimeError, match="Could not delete stage x from the Pushgateway"):
-        M.delete_stale(f"http://127.0.0.1:{free_port()}", ["x"])
+        delete_stale(f"http://127.0.0.1:{free_port()}", ["x"])
 
 
 # --- the operator's metrics ------------------------------------------------------------------
