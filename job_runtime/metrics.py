@@ -448,9 +448,10 @@ class StageMetrics:
     def close(self, failed: bool = False) -> None:
         """Finish: mark the stage finished (unless failed), push, wait briefly for a last scrape, stop.
 
-        The wait happens only when something has scraped this stage at least twice (a Prometheus
-        is watching): up to two scrape intervals plus a second, at most ``SFTRL_METRICS_LINGER_S``
-        (default 30) seconds, so the final values reach Prometheus and not only the Pushgateway.
+        With a metrics server, close waits for one more scrape, so the final values reach Prometheus
+        and not only the Pushgateway: up to two observed scrape intervals plus a second, or, before
+        two scrapes have been seen (a short stage), up to ``SFTRL_METRICS_LINGER_S`` (default 30)
+        seconds. A scrape ends the wait at once; stages without ``metrics_port`` never wait.
         """
         if self._closed:
             return
@@ -461,9 +462,8 @@ class StageMetrics:
         server, self._server = self._server, None
         if server is not None:
             gaps = [b - a for a, b in zip(self._scrapes, self._scrapes[1:])]
-            if gaps:  # scraped periodically: let the next scrape see the final values
-                limit = float(os.environ.get(LINGER_ENV, "30"))
-                self._scraped_after_close.wait(min(limit, 2 * max(gaps) + 1.0))
+            limit = float(os.environ.get(LINGER_ENV, "30"))
+            self._scraped_after_close.wait(min(limit, 2 * max(gaps) + 1.0) if gaps else limit)
             server.shutdown()
             server.server_close()
         with self._lock:

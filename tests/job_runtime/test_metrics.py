@@ -226,7 +226,10 @@ def test_rank_zero_serves_metrics_on_a_free_port(tmp_path, monkeypatch):
     assert steps[0].value == 2 and steps[0].labels == LV
     assert get(f"http://127.0.0.1:{m.port}/healthz") == (200, "ok\n")
     port = m.port
+    monkeypatch.setenv(M.LINGER_ENV, "0.5")  # one scrape seen: close waits for another, at most this long
+    t0 = time.monotonic()
     m.close()
+    assert 0.4 < time.monotonic() - t0 < 5
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
 
