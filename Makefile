@@ -37,7 +37,9 @@ test: $(STAMP)
 	$(PY) -m pytest --doctest-modules controller job_runtime tests $(PYTEST_ARGS)
 
 bench: $(STAMP)
+	$(PY) bench/quickstart_time.py
 	$(PY) bench/score_throughput.py
+	$(PY) bench/score_agreement.py
 	$(PY) bench/k8s_scale.py
 
 clean:
