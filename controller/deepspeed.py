@@ -243,6 +243,15 @@ def render_deepspeed(
     }
 
 
+def per_step_sequences(kind: str, params: dict[str, Any]) -> int:
+    """Sequences per optimiser step: SFT examples, or RL prompts x rollouts per prompt.
+
+    >>> per_step_sequences("rl", {"global_batch_size": 512, "num_generations": 10})
+    5120
+    """
+    return params["global_batch_size"] * (params["num_generations"] if kind == "rl" else 1)
+
+
 def accumulation_steps(global_batch_size: int, per_device_batch: int, world_size: int) -> int:
     """Gradient accumulation steps so that per_device_batch x steps x world_size == global_batch_size.
 

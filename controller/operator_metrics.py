@@ -27,10 +27,11 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
+from job_runtime.contract import PUSH_JOB
+
 STATES: tuple[str, ...] = ("pending", "running", "succeeded", "failed")  # always exported, 0 if absent
 ERROR_KINDS: tuple[str, ...] = ("transient", "permanent")
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-PUSH_JOB = "sftrl"  # must match job_runtime.metrics.PUSH_JOB (the Pushgateway grouping key)
 
 
 def delete_stale(pushgateway: str, stage_ids: Iterable[str], timeout: float = 10.0) -> list[str]:

@@ -110,7 +110,7 @@ class _Builder:
     def _deepspeed(self, kind: str, params: dict[str, Any], model_name: str) -> dict[str, Any] | None:
         if kind == "eval":
             return None
-        from controller.deepspeed import accumulation_steps, estimate_params_billion, render_deepspeed
+        from controller.deepspeed import accumulation_steps, estimate_params_billion, per_step_sequences, render_deepspeed
 
         res = self.spec.resources.for_kind(kind)
         if res.gpus_per_node < 1 or res.deepspeed == "none":
@@ -168,11 +168,6 @@ class _Builder:
             model_ref, model_uri, parents = f"stage:{sid}", self.model_of(sid), (sid,)
         ev = self.eval_stage(model_ref, model_uri, parents, {**base, "method": method})
         return Run(name, m.name, method, d.name, scale, seed, tuple(train), ev)
-
-
-def per_step_sequences(kind: str, params: dict[str, Any]) -> int:
-    """Sequences per optimiser step: SFT examples, or RL prompts x rollouts per prompt."""
-    return params["global_batch_size"] * (params["num_generations"] if kind == "rl" else 1)
 
 
 def spec_params(section: Any) -> dict[str, Any]:

@@ -373,8 +373,7 @@ def _signal_lines(rep: Report) -> list[str]:
         starved = "  (starved: no group had a learning signal)" if s["signal_mean"] == 0 else ""
         held = ""
         if s["heldout_last"] is not None:
-            first = next(r["heldout_accuracy"] for r in c.rows if isinstance(r.get("heldout_accuracy"), (int, float)))
-            held = f"; held-out accuracy {100 * first:.1f} -> {100 * s['heldout_last']:.1f}"
+            held = f"; held-out accuracy {100 * s['heldout_first']:.1f} -> {100 * s['heldout_last']:.1f}"
         lines.append(f"  {c.run:<40} mean {s['signal_mean']:.2f} over {s['steps']} steps{held}{starved}")
     if not lines:
         return []

@@ -275,6 +275,7 @@ def rl_summary(rows: Sequence[dict]) -> dict[str, float | int | None]:
         "steps": int(rows[-1]["step"]) if rows else 0,
         "reward_first": reward[0] if reward else None,
         "reward_last": reward[-1] if reward else None,
+        "heldout_first": acc[0] if acc else None,
         "heldout_best": max(acc) if acc else None,
         "heldout_last": acc[-1] if acc else None,
         "signal_mean": float(np.mean(sig)) if sig else None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -149,7 +149,7 @@ class ExperimentSpec(_Strict):
         return self
 
     def _batch_layout_problems(self) -> list[str]:
-        from controller.deepspeed import accumulation_steps
+        from controller.deepspeed import accumulation_steps, per_step_sequences
 
         out = []
         for kind, params in (("sft", self.sft), ("rl", self.rl)):
@@ -158,7 +158,7 @@ class ExperimentSpec(_Strict):
             if kind == "rl" and self.methods == ["sft"]:
                 continue
             r = self.resources.for_kind(kind)
-            per_step = params.global_batch_size * (params.num_generations if kind == "rl" else 1)
+            per_step = per_step_sequences(kind, params.model_dump())
             world = max(r.gpus_per_node, 1) * r.nodes
             try:
                 accumulation_steps(per_step, params.per_device_batch_size, world)
@@ -212,13 +212,10 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
 
 
 def _model_of(ann: Any) -> Any:
+    """The pydantic model inside an annotation (``X``, ``X | None``, ``list[X]``), or None."""
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return ann
-    for a in get_args(ann) or ():
-        m = _model_of(a)
-        if m is not None:
-            return m
-    return None if get_origin(ann) is None else None
+    return next((m for a in get_args(ann) if (m := _model_of(a)) is not None), None)
 
 
 def _path(loc: tuple[Any, ...]) -> str:

@@ -262,4 +262,5 @@ TRAIN_METRICS: dict[str, tuple[str, str]] = {
     "deceptive_reward": ("sftrl_deceptive_reward", "1 while the deceptive-reward detector flags the stage."),
     "dynamic_sampling/dropped_groups": ("sftrl_dynamic_sampling_dropped_groups", "Zero-variance groups dropped this step."),
 }
+PUSH_JOB = "sftrl"  # Pushgateway grouping key {job: sftrl, stage: <stage id>} (runtime pushes, operator deletes)
 EVAL_ACCURACY_METRIC = ("sftrl_eval_accuracy_ratio", "Headline score of a benchmark (label: benchmark).")

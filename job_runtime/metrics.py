@@ -36,12 +36,13 @@ import threading
 import time
 from pathlib import Path
 from socketserver import ThreadingMixIn
-from typing import Any, Iterable
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from job_runtime.contract import (
     EVAL_ACCURACY_METRIC,
     METRIC_LABELS,
+    PUSH_JOB,
     TRAIN_METRICS,
     DeceptiveParams,
     RLParams,
@@ -51,7 +52,6 @@ from job_runtime.deceptive import DeceptiveRewardDetector, Verdict
 
 log = logging.getLogger("sftrl.metrics")
 
-PUSH_JOB = "sftrl"  # Pushgateway grouping key: {job: sftrl, stage: <stage id>}
 METRICS_ADDR_ENV = "SFTRL_METRICS_ADDR"  # bind address of the /metrics server (default 0.0.0.0)
 LINGER_ENV = "SFTRL_METRICS_LINGER_S"  # at close, wait up to this long for a last scrape (default 30)
 
