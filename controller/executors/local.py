@@ -41,6 +41,7 @@ class LocalExecutor:
     on_event: Callable[[str, str, dict], None] = lambda event, sid, info: None
     procs: dict[str, _Proc] = field(default_factory=dict)
     failures: dict[str, Observed] = field(default_factory=dict)
+    done: set[str] = field(default_factory=set)  # completion is final: never ask storage again
 
     # --- observe ---------------------------------------------------------------------------
     def observe(self, plan: Plan) -> dict[str, Observed]:
@@ -49,7 +50,8 @@ class LocalExecutor:
         for sid, stage in plan.stages.items():
             if sid in self.procs:
                 out[sid] = Observed(State.RUNNING, self.procs[sid].attempt)
-            elif storage.is_complete(stage.config.output):
+            elif sid in self.done or storage.is_complete(stage.config.output):
+                self.done.add(sid)
                 out[sid] = Observed(State.SUCCEEDED)
             elif sid in self.failures:
                 out[sid] = self.failures[sid]

@@ -85,3 +85,26 @@ def test_cancel_deletes_running_and_launches_nothing():
 )
 def test_phase(states, expected):
     assert phase(DAG, obs(**states)) is expected
+
+
+def test_local_executor_asks_storage_once_per_finished_stage(tmp_path, monkeypatch):
+    """observe() runs every half second: a finished stage must not cost a storage call each time."""
+    from controller import spec
+    from controller.executors import local
+    from controller.plan import build_plan
+    from job_runtime import storage
+    from tests.conftest import ROOT
+
+    exp = spec.load(ROOT / "examples" / "quickstart.yaml")
+    exp.spec.storage = str(tmp_path)
+    plan = build_plan(exp)
+    first = next(iter(plan.stages.values()))
+    storage.write_json(f"{first.config.output}/_SUCCESS", {"files": {}})
+    calls = []
+    real = storage.is_complete
+    monkeypatch.setattr(local.storage, "is_complete", lambda uri: calls.append(uri) or real(uri))
+    ex = local.LocalExecutor()
+    for _ in range(3):
+        assert ex.observe(plan)[first.id].state is State.SUCCEEDED
+    assert calls.count(first.config.output) == 1
+    assert calls.count(next(reversed(plan.stages.values())).config.output) == 3  # unfinished: asked each time
