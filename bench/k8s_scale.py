@@ -27,7 +27,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from controller import render  # noqa: E402
+from controller.kubernetes import render  # noqa: E402
 from controller.plan import build_plan  # noqa: E402
 from controller.spec import validate_dict  # noqa: E402
 
@@ -50,8 +50,8 @@ def plan_and_render(raw: dict) -> tuple[int, float, float]:
 
 
 def api_calls(raw: dict, max_actions: int) -> tuple[Counter, Counter]:
-    from controller.executors import k8s
-    from controller.operator import ClusterDefaults, Operator
+    from controller.kubernetes import executor as k8s
+    from controller.kubernetes.operator import ClusterDefaults, Operator
     from tests.fakes.fake_kube_apiserver import EXPERIMENTS, FakeKubeApiServer
 
     with tempfile.TemporaryDirectory() as tmp:

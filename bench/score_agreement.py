@@ -3,7 +3,7 @@
 For each item of the real MathVista testmini and MathVision test files (../shared/benchmarks), it
 builds responses whose truth is known by construction and asks three scorers for a verdict:
 
-1. sftrl: the benchmark's own scoring (job_runtime.benchmarks ``score_rows``, exactly what
+1. sftrl: the benchmark's own scoring (job_runtime.eval.benchmarks ``score_rows``, exactly what
    ``python -m job_runtime score`` runs);
 2. math-verify alone: ``verify(parse(gold), parse(whole response))``, timeouts off, as commonly used;
 3. last-boxed exact match: the last ``\\boxed{}`` equals the gold after removing whitespace -- a
@@ -45,8 +45,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from job_runtime.benchmarks.registry import get  # noqa: E402
-from job_runtime.benchmarks.scoring import score_rows  # noqa: E402
+from job_runtime.eval.benchmarks.registry import get  # noqa: E402
+from job_runtime.eval.benchmarks.scoring import score_rows  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "benchmarks"
 FILES = {"mathvista": "mathvista_testmini.json", "mathvision": "mathvision_test.jsonl"}

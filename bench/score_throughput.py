@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from job_runtime.benchmarks.registry import get  # noqa: E402
-from job_runtime.benchmarks.scoring import score_rows  # noqa: E402
+from job_runtime.eval.benchmarks.registry import get  # noqa: E402
+from job_runtime.eval.benchmarks.scoring import score_rows  # noqa: E402
 
 REASONING = (
     "Let me look at the figure carefully. The diagram shows several shapes with labelled lengths; the side "
@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _clear_caches() -> None:
-    import job_runtime.answers as answers
-    import job_runtime.benchmarks.numbers as numbers
+    import job_runtime.eval.answers as answers
+    import job_runtime.eval.benchmarks.numbers as numbers
 
     for fn in (answers._math_verify, answers.math_equal, numbers.to_number, numbers.evaluate):
         fn.cache_clear()

@@ -1,4 +1,4 @@
-"""`sftrl`: validate, plan, run and report experiments; Kubernetes commands come from cli_k8s.
+"""`sftrl`: validate, plan, run and report experiments; Kubernetes commands come from controller.kubernetes.cli.
 
 Every user error is one clear message and exit code 2, never a traceback.
 """
@@ -14,7 +14,7 @@ import time
 from controller import spec as spec_mod
 from controller.plan import Plan, build_plan
 from controller.reconcile import Observed, Phase, Policy, State, counts
-from job_runtime import storage
+from job_runtime.io import storage
 from job_runtime.contract import PLAN_JSON, SPEC_YAML, experiment_uri
 
 EXIT_USAGE = 2
@@ -164,7 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_results(plan: Plan, uri: str) -> None:
-    from controller import report
+    from controller.report import load as report
 
     out = storage.join(uri, "report")
     try:
@@ -176,7 +176,7 @@ def _print_results(plan: Plan, uri: str) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from controller.report import report_command
+    from controller.report.load import report_command
 
     return report_command(args.experiment, args.output, args.storage)
 
@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.set_defaults(func=cmd_eval)
 
     try:
-        from controller import cli_k8s
+        from controller.kubernetes import cli as cli_k8s
     except ImportError:  # the Kubernetes extra is optional
         cli_k8s = None
     if cli_k8s is not None:

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from controller.k8s_names import LabelValue
+from controller.kubernetes.names import LabelValue
 
 DeepSpeedChoice = Literal["auto", "none", "zero2", "zero3"]
 ZERO3_FROM_BILLION = 7.0  # 'auto' picks ZeRO-3 at and above this many billion parameters

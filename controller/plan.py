@@ -16,7 +16,7 @@ from typing import Any
 
 from controller.spec import Experiment
 from job_runtime.contract import MODEL_DIR, Labels, StageConfig, stage_uri
-from job_runtime.storage import join, normalize
+from job_runtime.io.storage import join, normalize
 
 ID_HEX = 12
 

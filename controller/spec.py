@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from controller.deepspeed import Resources
-from controller.k8s_names import Image, LabelValue, ObjectName
+from controller.kubernetes.names import Image, LabelValue, ObjectName
 from job_runtime.contract import EvalParams, RLParams, SFTParams
 
 API_VERSION = "sftrl/v1"

@@ -17,7 +17,7 @@ import sys
 
 from pydantic import ValidationError
 
-from job_runtime import storage
+from job_runtime.io import storage
 from job_runtime.contract import EXIT_CONFIG, EXIT_FAILED, EXIT_RETRYABLE, STAGE_KINDS, StageConfig
 from job_runtime.errors import StageError
 
@@ -30,7 +30,7 @@ def load_config(uri: str) -> StageConfig:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "score":
-        from job_runtime.score import main as score_main
+        from job_runtime.eval.score import main as score_main
 
         return score_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m job_runtime", description="Run one sftrl stage.")

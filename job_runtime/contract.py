@@ -3,7 +3,7 @@
 Three things live here and nowhere else: the stage-config schema (what the controller writes to
 ``stages/<id>/stage.json`` and a stage reads back), the artifact layout under the storage root,
 and the metric names. This module imports neither torch nor transformers: together with
-``job_runtime.storage`` it is the only part of job_runtime the controller may import.
+``job_runtime.io.storage`` it is the only part of job_runtime the controller may import.
 
 The ``*Params`` models double as the ``sft``/``rl``/``eval`` sections of the experiment file, so a
 knob has one definition, one default and one help text.
@@ -120,7 +120,7 @@ class RLParams(_Strict):
     )
 
 
-# The registered benchmarks (job_runtime.benchmarks.registry; a test keeps the two equal), here so
+# The registered benchmarks (job_runtime.eval.benchmarks.registry; a test keeps the two equal), here so
 # the controller can refuse a misspelt name at `sftrl validate` without importing the runtime.
 BENCHMARK_NAMES: tuple[str, ...] = (
     "mathvista", "mathvision", "mathvision_testmini", "mathverse", "wemath", "gpqa", "math500", "mmlu",
@@ -134,7 +134,7 @@ class EvalParams(_Strict):
     benchmarks: list[str] = Field(
         default_factory=lambda: ["mathvista", "mathvision", "mathverse", "wemath"],
         min_length=1,
-        description="Benchmark names from job_runtime.benchmarks.registry.",
+        description="Benchmark names from job_runtime.eval.benchmarks.registry.",
     )
     prompt: Literal["study", "official"] = Field(
         "study", description="'study': the EasyR1 format prompt; 'official': each benchmark's own prompt."

@@ -8,7 +8,7 @@
   appends one JSON row to metrics.jsonl and sets the Prometheus gauges of ``contract.TRAIN_METRICS``
   (plus the extras below), labelled with ``cfg.labels`` (experiment, run, stage, model, method,
   data, scale, seed).
-- Rows carrying ``heldout_accuracy`` feed the deceptive-reward detector (``job_runtime.deceptive``)
+- Rows carrying ``heldout_accuracy`` feed the deceptive-reward detector (``job_runtime.train.deceptive``)
   with the mean training reward since the previous held-out evaluation; the verdict becomes
   ``deceptive_reward`` (0/1) in the row and the gauge ``sftrl_deceptive_reward``, a warning with the
   numbers, and, when ``rl.deceptive.stop`` is set, ``should_stop = True`` (``best_heldout`` says
@@ -48,7 +48,7 @@ from job_runtime.contract import (
     RLParams,
     StageConfig,
 )
-from job_runtime.deceptive import DeceptiveRewardDetector, Verdict
+from job_runtime.train.deceptive import DeceptiveRewardDetector, Verdict
 
 log = logging.getLogger("sftrl.metrics")
 

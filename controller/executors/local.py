@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 from controller.plan import Plan
 from controller.reconcile import Delete, Launch, Observed, State
-from job_runtime import storage
+from job_runtime.io import storage
 from job_runtime.contract import EXIT_RETRYABLE, LOG_TXT, STAGE_JSON
 
 LOCK = ".lock"

@@ -14,7 +14,7 @@ A 64x64 image is resized to 56x56: 16 patches of 14x14, merged 2x2 into 4 image 
 Processor. transformers' Qwen2VLProcessor wants a video processor, which needs torchvision
 (unusable with the CPU torch here). `TinyQwen2VLProcessor` passes ``video_processor=None`` and is
 registered with AutoProcessor, so ``AutoProcessor.from_pretrained(dir)`` works once this module
-is imported (job_runtime.modeling imports it).
+is imported (job_runtime.io.modeling imports it).
 
 >>> path = tiny_model_path()          # doctest: +SKIP
 >>> # (builds once, ~2 s, then cached)

@@ -3,7 +3,7 @@
 setup   validate the parameters, resolve every benchmark and load its rows (EvalParams.data
         overrides, EvalParams.limit) before the model is loaded, so missing data fails in seconds
         with the benchmark's name and the ``eval.data`` key to set;
-run     build the generation backend (job_runtime.generation: vLLM when usable, else HF), then per
+run     build the generation backend (job_runtime.eval.generation: vLLM when usable, else HF), then per
         benchmark: prompts (the study's format prompt, or each benchmark's own with
         ``prompt: official``), responses, verdicts by the benchmark's judge-free rules (plus the
         optional LLM extractor of EvalParams.judge), the official headline and breakdowns;
@@ -30,10 +30,10 @@ from typing import Any, Iterator
 
 from pydantic import ValidationError
 
-from job_runtime import storage
-from job_runtime.benchmarks.base import Benchmark, BenchmarkDataError
-from job_runtime.benchmarks.registry import UnknownBenchmark, get
-from job_runtime.benchmarks.scoring import result_entry, score_rows
+from job_runtime.io import storage
+from job_runtime.eval.benchmarks.base import Benchmark, BenchmarkDataError
+from job_runtime.eval.benchmarks.registry import UnknownBenchmark, get
+from job_runtime.eval.benchmarks.scoring import result_entry, score_rows
 from job_runtime.contract import METRICS_JSONL, RESULTS_JSON, SAMPLES_JSONL, SUCCESS, EvalParams, StageConfig
 from job_runtime.errors import StageError
 
@@ -84,7 +84,7 @@ def setup(cfg: StageConfig) -> tuple[EvalParams, list[tuple[Benchmark, list[dict
 
 def evaluate(bench: Benchmark, rows: list[dict[str, Any]], backend, params: EvalParams, judge=None):
     """(results entry, sample rows, generation seconds) of one benchmark."""
-    from job_runtime.generation import Request
+    from job_runtime.eval.generation import Request
 
     responses: list[str] = []
     prompts: list[str] = []
@@ -120,7 +120,7 @@ def evaluate(bench: Benchmark, rows: list[dict[str, Any]], backend, params: Eval
 
 def run(cfg: StageConfig) -> None:
     """Evaluate cfg.model on the benchmarks of cfg.params and publish under cfg.output."""
-    from job_runtime.generation import GenerationError, make_backend
+    from job_runtime.eval.generation import GenerationError, make_backend
     from job_runtime.metrics import StageMetrics
 
     params, loaded = setup(cfg)
@@ -133,7 +133,7 @@ def run(cfg: StageConfig) -> None:
             raise _stage_error(str(e)) from None
         judge = None
         if params.judge:
-            from job_runtime.benchmarks.judge import Judge
+            from job_runtime.eval.benchmarks.judge import Judge
 
             judge = Judge(params.judge)
         results: dict[str, Any] = {

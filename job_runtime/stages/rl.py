@@ -41,10 +41,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from job_runtime import storage
+from job_runtime.io import storage
 from job_runtime.contract import METRICS_JSONL, RESULTS_JSON, RLParams, StageConfig
 from job_runtime.errors import StageError
-from job_runtime.trainer_setup import TrainerConfigError, accumulation, check_trl_overrides, launcher_world_size
+from job_runtime.train.setup import TrainerConfigError, accumulation, check_trl_overrides, launcher_world_size
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def grpo_config_kwargs(
 def drop_long_prompts(dataset, processor, max_prompt_length: int):
     """(dataset without rows whose rendered prompt, image tokens included, exceeds max_prompt_length,
     number dropped). Truncating a multimodal prompt would cut image tokens, so such rows are skipped."""
-    from job_runtime.heldout import prompt_messages
+    from job_runtime.train.heldout import prompt_messages
 
     def fits(row: dict[str, Any]) -> bool:
         text = processor.apply_chat_template(prompt_messages(row), add_generation_prompt=True, tokenize=False)
@@ -194,7 +194,7 @@ def drop_long_prompts(dataset, processor, max_prompt_length: int):
 
 def _reward_setup(params: RLParams, algo: Algorithm):
     """(reward functions, weights): the study's weighted rewards plus DAPO's overlong shaping."""
-    from job_runtime import rewards
+    from job_runtime.train import rewards
 
     funcs, weights = rewards.build(params.reward)
     funcs, weights = list(funcs), list(weights)
@@ -231,9 +231,9 @@ def _user_errors(cfg: StageConfig):
     """Bad parameters, data or model references become a StageError: one line, no traceback."""
     from pydantic import ValidationError
 
-    from job_runtime.data import DataError
-    from job_runtime.modeling import ModelLoadError
-    from job_runtime.rewards import RewardConfigError
+    from job_runtime.io.data import DataError
+    from job_runtime.io.modeling import ModelLoadError
+    from job_runtime.train.rewards import RewardConfigError
 
     try:
         yield
@@ -259,10 +259,10 @@ def run(cfg: StageConfig) -> None:
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOConfig
 
-    from job_runtime import data, modeling
-    from job_runtime.checkpoints import CheckpointSync, publish_stage, resume_dir
-    from job_runtime.dynamic_sampling import DynamicSamplingGRPOTrainer
-    from job_runtime.heldout import HeldoutCallback
+    from job_runtime.io import data, modeling
+    from job_runtime.train.checkpoints import CheckpointSync, publish_stage, resume_dir
+    from job_runtime.train.dynamic_sampling import DynamicSamplingGRPOTrainer
+    from job_runtime.train.heldout import HeldoutCallback
     from job_runtime.metrics import StageMetrics
 
     with _user_errors(cfg):

@@ -8,11 +8,11 @@ setup -> train -> publish:
    global batch that does not divide is an error naming the numbers. ``sft.trl`` passes any
    other ``trl.SFTConfig`` field through (an unknown one is an error naming it);
    ``cfg.deepspeed`` is handed to TRL. The data are the first ``cfg.scale`` rows of
-   ``cfg.data['train']`` in the fixed shuffle (`job_runtime.data`), as prompt-completion pairs:
+   ``cfg.data['train']`` in the fixed shuffle (`job_runtime.io.data`), as prompt-completion pairs:
    the user turn (image + question + EasyR1 format prompt) is the prompt, the trace the
    completion, and the loss is on the completion only.
 2. Train, with callbacks: metrics.jsonl (+ Prometheus) via `StageMetrics`, checkpoint sync to
-   ``<output>/checkpoints/`` (`job_runtime.checkpoints`); the newest complete checkpoint in
+   ``<output>/checkpoints/`` (`job_runtime.train.checkpoints`); the newest complete checkpoint in
    storage is resumed, with its metrics history and sample count.
 3. Publish: ``model/`` (weights + processor, loadable by from_pretrained), ``metrics.jsonl``,
    ``results.json``, then ``_SUCCESS`` (whose manifest records ``samples_seen``, the examples
@@ -33,10 +33,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from job_runtime import storage
+from job_runtime.io import storage
 from job_runtime.contract import METRICS_JSONL, RESULTS_JSON, SFTParams, StageConfig
 from job_runtime.errors import StageError
-from job_runtime.trainer_setup import TrainerConfigError, accumulation, check_trl_overrides, launcher_world_size
+from job_runtime.train.setup import TrainerConfigError, accumulation, check_trl_overrides, launcher_world_size
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def _trainer_class():
     from transformers import TrainerCallback
     from trl import SFTTrainer
 
-    from job_runtime.modeling import CheckpointWeightsMixin
+    from job_runtime.io.modeling import CheckpointWeightsMixin
 
     class CountingSFTTrainer(CheckpointWeightsMixin, SFTTrainer):
         """SFTTrainer that counts the examples each rank trains on (``samples_local``) and resumes
@@ -169,8 +169,8 @@ def run(cfg: StageConfig) -> None:
     import torch
     from trl import SFTConfig
 
-    from job_runtime import data, modeling
-    from job_runtime.checkpoints import CheckpointSync, publish_stage, resume_dir
+    from job_runtime.io import data, modeling
+    from job_runtime.train.checkpoints import CheckpointSync, publish_stage, resume_dir
     from job_runtime.metrics import StageMetrics
 
     try:

@@ -129,8 +129,8 @@ def load_yaml_docs(path: Path) -> list[dict[str, Any]]:
 
 
 def rendered_pytorchjob(nodes: int = 2) -> dict[str, Any]:
-    """A PyTorchJob as controller/render.py renders it for a small GPU experiment."""
-    from controller import render as render_mod
+    """A PyTorchJob as controller/kubernetes/render.py renders it for a small GPU experiment."""
+    from controller.kubernetes import render as render_mod
     from controller.plan import build_plan
     from controller.spec import validate_dict
 

@@ -1,4 +1,4 @@
-"""What the rendered chart promises: least-privilege RBAC equal to controller/rbac.py, a hardened
+"""What the rendered chart promises: least-privilege RBAC equal to controller/kubernetes/rbac.py, a hardened
 operator pod running `sftrl operator`, storage and queue settings reaching the operator, and
 monitoring objects that select what they should.
 """
@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import yaml
 
-from controller.rbac import OPERATOR_PERMISSIONS, allowed
+from controller.kubernetes.rbac import OPERATOR_PERMISSIONS, allowed
 from tests.charts.helpers import (
     CHART,
     NAMESPACE,
@@ -220,7 +220,7 @@ def test_monitoring_off_renders_no_prometheus_objects():
 
 
 def test_podmonitor_selects_rank0_of_rendered_pytorchjobs():
-    """controller/render.py's pods carry the labels and the port the chart's PodMonitor selects."""
+    """controller/kubernetes/render.py's pods carry the labels and the port the chart's PodMonitor selects."""
     job = rendered_pytorchjob()
     pm = one(render(CI["minimal"]), "PodMonitor")
     selector = pm["spec"]["selector"]["matchLabels"]

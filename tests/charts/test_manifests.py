@@ -9,7 +9,7 @@ import functools
 import kubernetes_validate
 import yaml
 
-from controller.rbac import OPERATOR_PERMISSIONS
+from controller.kubernetes.rbac import OPERATOR_PERMISSIONS
 from tests.charts.helpers import CHART, K8S_VERSION, find_tool, load_yaml_docs, one, rbac_rules, render, run
 from tests.conftest import ROOT
 

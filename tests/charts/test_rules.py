@@ -83,7 +83,7 @@ METRIC_RE = re.compile(r"\b(sftrl_[a-z0-9_]+)")
 
 def exported_names() -> set[str]:
     """Every sample name StageMetrics and OperatorMetrics export (with _total, _bucket, ...)."""
-    from controller.operator_metrics import OperatorMetrics
+    from controller.kubernetes.metrics import OperatorMetrics
     from job_runtime import metrics as M
 
     return {n for names in (M.exported_sample_names(), _operator_names(OperatorMetrics())) for n in names}

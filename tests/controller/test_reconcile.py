@@ -92,7 +92,7 @@ def test_local_executor_asks_storage_once_per_finished_stage(tmp_path, monkeypat
     from controller import spec
     from controller.executors import local
     from controller.plan import build_plan
-    from job_runtime import storage
+    from job_runtime.io import storage
     from tests.conftest import ROOT
 
     exp = spec.load(ROOT / "examples" / "quickstart.yaml")

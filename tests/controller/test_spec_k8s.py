@@ -2,7 +2,7 @@
 
 controller/spec.py refuses these at validate time with the field named; settings spec.py does not
 check yet (queue, Secret/ServiceAccount/PriorityClass names, node selector values, empty image)
-are refused by controller/render.py before anything reaches the cluster, also naming the field.
+are refused by controller/kubernetes/render.py before anything reaches the cluster, also naming the field.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import pytest
 
-from controller import render
+from controller.kubernetes import render
 from controller.plan import build_plan
 from controller.spec import SpecError, validate_dict
 
@@ -118,7 +118,7 @@ def test_spec_checks_every_kubernetes_name(field, edit):
 
 
 def test_submit_leaves_a_local_storage_path_to_the_cluster_default(capsys):
-    from controller.cli_k8s import _cluster_storage
+    from controller.kubernetes.cli import _cluster_storage
 
     raw = {"spec": {"storage": "./runs", "models": []}}
     assert "storage" not in _cluster_storage(raw, None, watch=False)["spec"]

@@ -92,7 +92,7 @@ def daemon(args: list[str], log: Path, ready_url: str, what: str) -> Iterator[su
 @contextmanager
 def operator_metrics(experiment: str) -> Iterator[int]:
     """The operator's metrics endpoint, observing a reconcile cycle every half second."""
-    from controller.operator_metrics import OperatorMetrics, serve
+    from controller.kubernetes.metrics import OperatorMetrics, serve
 
     op = OperatorMetrics()
     server = serve(0, op, addr="127.0.0.1")

@@ -17,7 +17,7 @@ import yaml
 
 from controller import spec
 from controller.plan import build_plan
-from job_runtime import storage
+from job_runtime.io import storage
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -1,7 +1,7 @@
 """A FAKE Kubernetes API server, for tests only: nothing here is a real cluster.
 
 No Kubernetes control plane runs on the CI machines, so the Kubernetes client code of sftrl
-(controller/executors/k8s.py, controller/operator.py, controller/cli_k8s.py) is exercised against
+(controller/kubernetes/executor.py, controller/kubernetes/operator.py, controller/kubernetes/cli.py) is exercised against
 this small HTTP server on 127.0.0.1. It implements just enough of the REST API for:
 
 - ``kubeflow.org/v1`` PyTorchJobs, ``sftrl.io/v1alpha1`` Experiments (with a status subresource
@@ -409,7 +409,7 @@ class FakeKubeApiServer:
         return args[args.index("--config") + 1] if "--config" in args else None
 
     def _config_missing(self, job: dict[str, Any]) -> bool:
-        from job_runtime import storage
+        from job_runtime.io import storage
 
         uri = self._config_uri(job)
         return uri is None or not storage.exists(uri)
@@ -460,7 +460,7 @@ class FakeKubeApiServer:
             time.sleep(self.tick)
 
     def _step(self, key: tuple[str, str]) -> None:
-        from job_runtime import storage
+        from job_runtime.io import storage
 
         sim, job = self.sim[key], self.store[JOBS].get(key)
         if job is None:

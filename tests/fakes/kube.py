@@ -41,7 +41,7 @@ def submit(server: FakeKubeApiServer, name: str, spec: dict[str, Any], namespace
 
 def connect(server: FakeKubeApiServer, tmp: Path, **kw: Any):
     """A KubeApi talking to the fake through a kubeconfig file, as users and the operator do."""
-    from controller.executors import k8s
+    from controller.kubernetes import executor as k8s
 
     kc = server.write_kubeconfig(tmp / "kubeconfig")
     client, _ = k8s.connect(str(kc))

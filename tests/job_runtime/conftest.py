@@ -3,7 +3,7 @@
 - ``moto_server()``: context manager that starts ``python -m moto.server`` on a free loopback port
   and yields its endpoint URL (use it directly for fault tests that stop or restart the store).
 - ``s3_server`` (fixture): the endpoint of a session-wide moto server, with the environment set so
-  ``job_runtime.storage`` talks to it (SFTRL_S3_ENDPOINT, test credentials, no user AWS config).
+  ``job_runtime.io.storage`` talks to it (SFTRL_S3_ENDPOINT, test credentials, no user AWS config).
 - ``s3_bucket`` (fixture): a fresh, empty bucket on that server, as ``s3://<name>``.
 
 moto is a Python package (``moto[server]``): without it these fixtures skip, or fail when CI=true.
@@ -94,13 +94,13 @@ def _moto_endpoint() -> Iterator[str]:
 
 def reset_s3_backend() -> None:
     """Forget the cached S3Backend, so the next s3:// call reads the environment again."""
-    from job_runtime import storage
+    from job_runtime.io import storage
 
     storage._BACKENDS.pop("s3", None)
 
 
 def point_at(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
-    """Point job_runtime.storage's S3 backend at endpoint with moto's test credentials."""
+    """Point job_runtime.io.storage's S3 backend at endpoint with moto's test credentials."""
     for var in _AWS_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("SFTRL_S3_ENDPOINT", endpoint)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.operator_metrics import OperatorMetrics, delete_stale
-from controller.operator_metrics import serve as serve_operator
+from controller.kubernetes.metrics import OperatorMetrics, delete_stale
+from controller.kubernetes.metrics import serve as serve_operator
 from job_runtime import metrics as M
 from job_runtime.contract import EVAL_ACCURACY_METRIC, METRIC_LABELS, TRAIN_METRICS, Labels, StageConfig
 from tests.conftest import require_tool
@@ -319,7 +319,7 @@ def test_eval_outcomes_are_pushed_per_stage_and_stale_groups_deleted(tmp_path, p
 def test_operator_deletes_the_pushed_groups_of_superseded_stages(tmp_path, pushgateway):
     from types import SimpleNamespace
 
-    from controller.operator import ClusterDefaults, Operator
+    from controller.kubernetes.operator import ClusterDefaults, Operator
 
     with M.StageMetrics(cfg(kind="eval", pushgateway=pushgateway), tmp_path / "m.jsonl") as m:
         m.log_eval("mathvista", 0.5)

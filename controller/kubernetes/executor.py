@@ -1,0 +1,492 @@
+"""Kubernetes executor: each stage runs as a Kubeflow PyTorchJob.
+
+Observing costs one label-selected list of PyTorchJobs per cycle, whatever the number of stages
+(``ClusterView.refresh``), plus one listing of the storage root for ``_SUCCESS`` manifests, which
+alone decide completion. Jobs are named from the stage id and attempt (controller/kubernetes/render.py), not
+from the experiment, so a stage shared by two experiments is one job, and a restarted operator
+finds the jobs it made. Creating is idempotent: stage.json is written to storage first, then the
+job is created; ``409 AlreadyExists`` means the same stage's attempt already exists.
+
+API errors are told apart: 5xx, 429 and connection errors are transient (retried here with
+exponential backoff, then ``ApiUnavailable``: the operator tries again next cycle); other 4xx are
+permanent (``ApiRejected``: reported on the Experiment's status and as an Event, never retried in
+a tight loop). Only this module and controller/kubernetes/operator.py import kubernetes or kubeflow.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import logging
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import urllib3
+from kubernetes import client as kclient
+from kubernetes import config as kconfig
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from controller.kubernetes import render
+from controller.plan import Plan
+from controller.reconcile import Action, Delete, Launch, Observed, State
+from controller.spec import Experiment
+from job_runtime.io import storage
+from job_runtime.contract import STAGES_DIR, SUCCESS
+
+log = logging.getLogger("sftrl.k8s")
+
+JOBS = ("kubeflow.org", "v1", "pytorchjobs")
+EXPERIMENTS = ("sftrl.io", "v1alpha1", "experiments")
+USER_AGENT = "sftrl-operator/0.1.0"
+TIMEOUT = (5.0, 60.0)  # connect, read (seconds)
+REJECT_COOLDOWN_S = 300.0  # a refused create of a stage is tried again after this
+SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+EventSink = Callable[[str, str, str], None]  # (type Normal|Warning, reason, message)
+
+
+class ApiUnavailable(RuntimeError):
+    """The API could not be reached or kept failing transiently; worth trying again later."""
+
+
+class ApiRejected(RuntimeError):
+    """The API refused a request for good (4xx other than 409 and 429)."""
+
+    def __init__(self, status: int, reason: str, message: str, what: str):
+        self.status, self.reason, self.api_message, self.what = status, reason, message, what
+        super().__init__(f"{what} was refused by the Kubernetes API ({status} {reason}): {message}")
+
+
+# --- connecting ---------------------------------------------------------------------------------
+
+
+def connect(kubeconfig: str | None = None, context: str | None = None,
+            user_agent: str = USER_AGENT) -> tuple[kclient.ApiClient, str]:
+    """An API client and its default namespace: in-cluster config in a pod, else the kubeconfig.
+
+    Raises ApiUnavailable with "cannot reach a Kubernetes API, because ... . Set KUBECONFIG ...".
+    """
+    cfg = kclient.Configuration()
+    namespace = "default"
+    kubeconfig = kubeconfig or os.environ.get("KUBECONFIG") or None  # read now, not at import time
+    try:
+        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST") and SA_NAMESPACE.exists():
+            kconfig.load_incluster_config(client_configuration=cfg)
+            namespace = SA_NAMESPACE.read_text().strip() or namespace
+        else:
+            kconfig.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+            _, active = kconfig.list_kube_config_contexts(config_file=kubeconfig)
+            if context:
+                active = next((c for c in kconfig.list_kube_config_contexts(config_file=kubeconfig)[0]
+                               if c["name"] == context), active)
+            namespace = (active or {}).get("context", {}).get("namespace") or namespace
+    except (ConfigException, OSError, TypeError, ValueError) as e:
+        where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+        raise ApiUnavailable(
+            f"cannot reach a Kubernetes API, because no usable kubeconfig was found at {where} and this is not "
+            f"a pod in a cluster ({str(e).strip() or type(e).__name__}). Set KUBECONFIG to your cluster's "
+            f"kubeconfig (or pass --kubeconfig), or run inside the cluster") from None
+    cfg.retries = 0  # our own retry loop decides (KubeApi._call)
+    api = kclient.ApiClient(cfg)
+    api.user_agent = user_agent
+    return api, namespace
+
+
+def crd_missing(e: ApiRejected) -> bool:
+    """A 404 for the resource type itself (its CRD is not installed), not for one object."""
+    return e.status == 404 and e.api_message.startswith("the server could not find the requested resource")
+
+
+def _message(e: ApiException) -> str:
+    try:
+        return str(json.loads(e.body or "{}").get("message") or e.reason)
+    except (ValueError, AttributeError):
+        return str(e.body or e.reason)
+
+
+class KubeApi:
+    """The few API calls sftrl makes, with retries of transient errors and a call counter."""
+
+    def __init__(self, api_client: kclient.ApiClient, retries: int = 4, backoff_s: float = 0.25,
+                 sleep: Callable[[float], None] = time.sleep, on_error: Callable[[str], None] | None = None):
+        self.api_client = api_client
+        self.custom = kclient.CustomObjectsApi(api_client)
+        self.core = kclient.CoreV1Api(api_client)
+        self.retries, self.backoff_s, self.sleep = retries, backoff_s, sleep
+        self.on_error = on_error or (lambda kind: None)
+        self.calls: Counter[str] = Counter()
+
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, ok: tuple[int, ...] = (), **kw: Any) -> Any:
+        delay, last = self.backoff_s, ""
+        timeout = kw.pop("_request_timeout", TIMEOUT)
+        for attempt in range(self.retries + 1):
+            self.calls[what] += 1
+            try:
+                return fn(*args, _request_timeout=timeout, **kw)
+            except ApiException as e:
+                if e.status in ok:
+                    raise ApiRejected(e.status, str(e.reason), _message(e), what) from None
+                if not (e.status == 429 or e.status >= 500 or e.status == 0):
+                    self.on_error("permanent")
+                    raise ApiRejected(e.status, str(e.reason), _message(e), what) from None
+                last = f"{e.status} {e.reason}: {_message(e)}"
+                retry_after = (e.headers or {}).get("Retry-After") if e.status == 429 else None
+                if retry_after and str(retry_after).isdigit():
+                    delay = max(delay, min(float(retry_after), 30.0))
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                last = f"{type(e).__name__}: {e}"
+            self.on_error("transient")
+            if attempt < self.retries:
+                self.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        raise ApiUnavailable(f"cannot reach a Kubernetes API, because {what} failed {self.retries + 1} times "
+                             f"(last: {last}). Check that the cluster is up and KUBECONFIG points at it")
+
+    # PyTorchJobs
+    def list_jobs(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+        g, v, p = JOBS
+        if namespace:
+            out = self._call("list pytorchjobs", self.custom.list_namespaced_custom_object, g, v, namespace, p,
+                             label_selector=selector)
+        else:
+            out = self._call("list pytorchjobs", self.custom.list_cluster_custom_object, g, v, p,
+                             label_selector=selector)
+        return list(out.get("items") or [])
+
+    def create_job(self, namespace: str, body: Any) -> bool:
+        """True when created, False when a job of that name already exists (409)."""
+        g, v, p = JOBS
+        try:
+            self._call("create pytorchjob", self.custom.create_namespaced_custom_object, g, v, namespace, p, body,
+                       ok=(409,))
+            return True
+        except ApiRejected as e:
+            if e.status == 409:
+                return False
+            raise
+
+    def delete_job(self, namespace: str, name: str) -> bool:
+        g, v, p = JOBS
+        try:
+            self._call("delete pytorchjob", self.custom.delete_namespaced_custom_object, g, v, namespace, p, name,
+                       propagation_policy="Background", ok=(404,))
+            return True
+        except ApiRejected as e:
+            if e.status == 404:
+                return False
+            raise
+
+    # Experiments
+    def list_experiments(self, namespace: str | None) -> list[dict[str, Any]]:
+        g, v, p = EXPERIMENTS
+        if namespace:
+            out = self._call("list experiments", self.custom.list_namespaced_custom_object, g, v, namespace, p)
+        else:
+            out = self._call("list experiments", self.custom.list_cluster_custom_object, g, v, p)
+        return list(out.get("items") or [])
+
+    def get_experiment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        g, v, p = EXPERIMENTS
+        try:
+            return self._call("get experiment", self.custom.get_namespaced_custom_object, g, v, namespace, p, name,
+                              ok=(404,))
+        except ApiRejected as e:
+            if e.status == 404 and not crd_missing(e):
+                return None
+            raise
+
+    def create_experiment(self, namespace: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The created object, or None when one of that name exists (409)."""
+        g, v, p = EXPERIMENTS
+        try:
+            return self._call("create experiment", self.custom.create_namespaced_custom_object, g, v, namespace, p,
+                              body, ok=(409,))
+        except ApiRejected as e:
+            if e.status == 409:
+                return None
+            raise
+
+    def replace_experiment(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        g, v, p = EXPERIMENTS
+        return self._call("update experiment", self.custom.replace_namespaced_custom_object, g, v, namespace, p,
+                          name, body, ok=(409,))
+
+    def patch_experiment(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        g, v, p = EXPERIMENTS
+        return self._call("patch experiment", self.custom.patch_namespaced_custom_object, g, v, namespace, p,
+                          name, patch, ok=(404,))
+
+    def patch_experiment_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        g, v, p = EXPERIMENTS
+        return self._call("patch experiment status", self.custom.patch_namespaced_custom_object_status, g, v,
+                          namespace, p, name, patch, ok=(404,))
+
+    # Events, pods, logs
+    def create_event(self, namespace: str, body: dict[str, Any]) -> None:
+        self._call("create event", self.core.create_namespaced_event, namespace, body)
+
+    def list_pods(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+        if namespace:
+            resp = self._call("list pods", self.core.list_namespaced_pod, namespace, label_selector=selector,
+                              _preload_content=False)
+        else:
+            resp = self._call("list pods", self.core.list_pod_for_all_namespaces, label_selector=selector,
+                              _preload_content=False)
+        return list(json.loads(resp.data).get("items") or [])
+
+    def stream_log(self, namespace: str, pod: str, follow: bool = True) -> Iterator[bytes]:
+        resp = self._call("read pod log", self.core.read_namespaced_pod_log, pod, namespace,
+                          container=render.CONTAINER, follow=follow, _preload_content=False,
+                          _request_timeout=(TIMEOUT[0], None) if follow else TIMEOUT)
+        yield from resp.stream(4096)
+
+
+def to_model(job: Mapping[str, Any]) -> Any:
+    """A rendered job as ``kubeflow.training.models.KubeflowOrgV1PyTorchJob`` (fields the model lacks are dropped)."""
+    from kubeflow.training.api_client import ApiClient as KfApiClient
+
+    class _Resp:
+        data = json.dumps(job)
+
+    return KfApiClient().deserialize(_Resp(), "KubeflowOrgV1PyTorchJob")
+
+
+def sanitize(job: Mapping[str, Any]) -> dict[str, Any]:
+    """The job as the kubeflow-training models serialise it (what is actually sent)."""
+    return kclient.ApiClient().sanitize_for_serialization(to_model(job))
+
+
+# --- observing ------------------------------------------------------------------------------------
+
+
+def _ts(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return float(calendar.timegm(time.strptime(value.replace("Z", "").split(".")[0], "%Y-%m-%dT%H:%M:%S")))
+    except ValueError:
+        return None
+
+
+def job_phase(job: Mapping[str, Any]) -> tuple[str, dict[str, Any] | None]:
+    """('succeeded' | 'failed' | 'running', the deciding condition) from a job's status conditions.
+
+    Created, Running, Restarting and Suspended (queued by Kueue) all count as running: the job exists
+    and may still finish.
+    """
+    conds = {c.get("type"): c for c in (job.get("status") or {}).get("conditions") or []
+             if str(c.get("status")) == "True"}
+    for kind in ("Succeeded", "Failed"):
+        if kind in conds:
+            return kind.lower(), conds[kind]
+    return "running", None
+
+
+def exit_code_of(pod: Mapping[str, Any]) -> int | None:
+    """The exit code of the pod's ``pytorch`` container (its last termination), if it ended."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") != render.CONTAINER:
+            continue
+        for key in ("state", "lastState"):
+            term = (cs.get(key) or {}).get("terminated")
+            if term and term.get("exitCode") is not None:
+                return int(term["exitCode"])
+    return None
+
+
+def observe_stage(jobs: Mapping[int, Mapping[str, Any]], done: bool,
+                  exit_code: Callable[[Mapping[str, Any]], int | None] = lambda job: None) -> Observed:
+    """One stage's Observed from its jobs by attempt and whether its _SUCCESS manifest exists.
+
+    >>> observe_stage({}, done=False).state.value
+    'pending'
+    >>> failed = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "PyTorchJobFailed"}]}}
+    >>> o = observe_stage({1: failed}, done=False, exit_code=lambda j: 1)
+    >>> o.state.value, o.attempts, o.retryable
+    ('failed', 1, False)
+    """
+    attempts = max(jobs) if jobs else 0
+    if done:
+        return Observed(State.SUCCEEDED, attempts)
+    if not jobs:
+        return Observed(State.PENDING, 0)
+    job = jobs[attempts]
+    kind, cond = job_phase(job)
+    if kind == "running":
+        return Observed(State.RUNNING, attempts)
+    finished = _ts((cond or {}).get("lastTransitionTime")) or _ts((job.get("status") or {}).get("completionTime"))
+    if kind == "succeeded":  # exited 0 but no _SUCCESS: the output went missing; run it again
+        return Observed(State.FAILED, attempts, finished, retryable=True)
+    reason = (cond or {}).get("reason", "")
+    if reason == "BackoffLimitExceeded":  # retryable exit codes (128-255) used up the job's restarts
+        retryable = True
+    elif reason == "DeadlineExceeded":  # it would time out again
+        retryable = False
+    else:
+        code = exit_code(job)
+        retryable = not (code is not None and 1 <= code <= 127)
+    return Observed(State.FAILED, attempts, finished, retryable)
+
+
+class ClusterView:
+    """Every stage job of a namespace (or the cluster) from ONE list call, and completed stages
+    from storage, shared by all experiments of an operator cycle."""
+
+    def __init__(self, api: KubeApi, namespace: str | None, clock: Callable[[], float] = time.time):
+        self.api, self.namespace, self.clock = api, namespace, clock
+        self.by_stage: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+        self._exit: dict[tuple[str, str], int | None] = {}
+        self._pods_listed = False
+        self._done: dict[str, set[str]] = {}  # storage root -> complete stage ids (this refresh)
+        self._done_forever: dict[str, set[str]] = {}  # remote roots: complete stays complete
+        self.rejected: dict[tuple[str, str], tuple[float, str]] = {}  # (ns, stage) -> (retry after, why)
+
+    def refresh(self) -> None:
+        jobs = self.api.list_jobs(self.namespace, render.SELECTOR)
+        self.by_stage = {}
+        for job in jobs:
+            self.add(job)
+        self._pods_listed = False
+        self._done = {}
+
+    def add(self, job: Mapping[str, Any]) -> None:
+        meta = job.get("metadata") or {}
+        parsed = render.stage_of(job)
+        if parsed is None:
+            return
+        sid, attempt = parsed
+        self.by_stage.setdefault((meta.get("namespace") or "default", sid), {})[attempt] = dict(job)
+
+    def remove(self, namespace: str, job: Mapping[str, Any]) -> None:
+        parsed = render.stage_of(job)
+        if parsed:
+            self.by_stage.get((namespace, parsed[0]), {}).pop(parsed[1], None)
+
+    def jobs(self, namespace: str, stage_id: str) -> dict[int, dict[str, Any]]:
+        return self.by_stage.get((namespace, stage_id), {})
+
+    def exit_code(self, job: Mapping[str, Any]) -> int | None:
+        """Exit code of a failed job's master; pods are listed at most once per refresh."""
+        meta = job.get("metadata") or {}
+        key = (meta.get("namespace") or "default", str(meta.get("name")))
+        if key not in self._exit and not self._pods_listed:
+            self._pods_listed = True
+            selector = f"{render.L_PART_OF}=sftrl,training.kubeflow.org/replica-type=master"
+            for pod in self.api.list_pods(self.namespace, selector):
+                labels = (pod.get("metadata") or {}).get("labels") or {}
+                name = labels.get("training.kubeflow.org/job-name")
+                code = exit_code_of(pod)
+                if name and code is not None:
+                    self._exit[((pod["metadata"].get("namespace") or "default"), name)] = code
+        return self._exit.setdefault(key, None) if self._pods_listed else self._exit.get(key)
+
+    def completed(self, plan: Plan) -> set[str]:
+        """Ids of the plan's stages whose _SUCCESS manifest is in storage (one listing per root)."""
+        root = plan.root
+        if root not in self._done:
+            self._done[root] = self._list_complete(root, [s for s in plan.stages])
+        return self._done[root] & set(plan.stages)
+
+    def _list_complete(self, root: str, wanted: Sequence[str]) -> set[str]:
+        stages_uri = storage.join(root, STAGES_DIR)
+        if storage.is_local(root):
+            base = storage.local_path(stages_uri)
+            return {p.parent.name for p in base.glob(f"*/{SUCCESS}")} if base.is_dir() else set()
+        known = self._done_forever.setdefault(root, set())
+        unknown = [s for s in wanted if s not in known]
+        if len(unknown) <= 32:
+            known.update(s for s in unknown if storage.exists(storage.join(stages_uri, s, SUCCESS)))
+        else:
+            for rel in storage.list_prefix(stages_uri):
+                parts = rel.split("/")
+                if len(parts) == 2 and parts[1] == SUCCESS:
+                    known.add(parts[0])
+        return set(known)
+
+
+# --- the executor -------------------------------------------------------------------------------
+
+
+class K8sExecutor:
+    """Observe and apply one experiment's stages as PyTorchJobs in ``namespace``.
+
+    ``view`` is shared by the operator across experiments (one refresh per cycle); without one,
+    every ``observe`` refreshes its own. At most ``max_actions`` actions are applied per call, so
+    a cycle's API calls stay bounded however many stages become ready at once.
+    """
+
+    def __init__(self, api: KubeApi, exp: Experiment, namespace: str, view: ClusterView | None = None, *,
+                 max_actions: int = 50, pushgateway: str | None = None, extra_env: Mapping[str, str] | None = None,
+                 events: EventSink | None = None, clock: Callable[[], float] = time.time):
+        self.api, self.exp, self.namespace = api, exp, namespace
+        self.view = view if view is not None else ClusterView(api, namespace, clock)
+        self._refresh = view is None
+        self.max_actions, self.pushgateway, self.extra_env = max_actions, pushgateway, dict(extra_env or {})
+        self.events: EventSink = events or (lambda kind, reason, message: None)
+        self.clock = clock
+        self.rejected: dict[str, str] = {}  # stage -> why the API refused its job (this apply)
+        self.storage_errors: dict[str, str] = {}
+        self.launched: list[tuple[str, int]] = []
+        self.deleted: list[str] = []
+
+    def observe(self, plan: Plan) -> dict[str, Observed]:
+        if self._refresh:
+            self.view.refresh()
+        done = self.view.completed(plan)
+        ns = self.namespace
+        return {sid: observe_stage(self.view.jobs(ns, sid), sid in done, self.view.exit_code) for sid in plan.stages}
+
+    def apply(self, plan: Plan, actions: Sequence[Action]) -> None:
+        now = self.clock()
+        cooling = {sid: why for (ns, sid), (until, why) in self.view.rejected.items()
+                   if ns == self.namespace and until > now and sid in plan.stages}
+        todo = [a for a in actions if not (isinstance(a, Launch) and a.stage in cooling)]
+        for a in todo[: self.max_actions]:
+            if isinstance(a, Launch):
+                self._launch(plan, a)
+            elif isinstance(a, Delete):
+                self._delete(a.stage)
+        for sid, why in cooling.items():  # still refused: keep reporting it
+            self.rejected.setdefault(sid, why)
+
+    def _launch(self, plan: Plan, a: Launch) -> None:
+        stage = plan.stages[a.stage]
+        job = render.render_job(stage, self.exp, a.attempt, self.namespace, self.extra_env)
+        name = job["metadata"]["name"]
+        try:  # the config first: a job must never start without its stage.json
+            cfg = render.stage_config(stage, pushgateway=self.pushgateway)
+            storage.write_json(render.config_uri(stage), cfg.model_dump(mode="json"))
+        except storage.StorageError as e:
+            self.storage_errors[a.stage] = str(e)
+            log.warning("cannot write %s: %s", render.config_uri(stage), e)
+            return
+        try:
+            created = self.api.create_job(self.namespace, to_model(job))
+        except ApiRejected as e:
+            msg = (f"PyTorchJob {name} of stage {a.stage} was refused by the Kubernetes API "
+                   f"({e.status} {e.reason}): {e.api_message}")
+            self.rejected[a.stage] = msg
+            self.view.rejected[(self.namespace, a.stage)] = (self.clock() + REJECT_COOLDOWN_S, msg)
+            self.events("Warning", "LaunchRejected", msg)
+            log.error("%s", msg)
+            return
+        self.view.add(job)
+        self.view.rejected.pop((self.namespace, a.stage), None)
+        self.launched.append((a.stage, a.attempt))
+        if created:
+            self.events("Normal", "StageLaunched", f"stage {a.stage} ({stage.labels.run}) attempt {a.attempt}: "
+                                                   f"PyTorchJob {name}")
+        log.info("%s %s (stage %s, attempt %d)", "created" if created else "already exists:", name, a.stage, a.attempt)
+
+    def _delete(self, stage_id: str) -> None:
+        for attempt, job in sorted(self.view.jobs(self.namespace, stage_id).items()):
+            if job_phase(job)[0] != "running":
+                continue
+            name = job["metadata"]["name"]
+            self.api.delete_job(self.namespace, name)
+            self.view.remove(self.namespace, job)
+            self.deleted.append(stage_id)
+            self.events("Normal", "StageCancelled", f"deleted PyTorchJob {name} of stage {stage_id}")

@@ -1,0 +1,377 @@
+"""The operator: a level-triggered loop over Experiment resources (sftrl.io/v1alpha1).
+
+Each cycle lists the Experiments (one call) and every stage PyTorchJob (one call), then for each
+Experiment: spec -> ``controller.spec.validate_dict`` -> ``build_plan`` -> observe -> ``reconcile``
+-> apply, and writes phase, per-stage states, counts, conditions and ``observedGeneration`` to
+the status subresource (one merge patch, only when something changed). So a cycle makes a fixed
+number of API calls however many stages there are (plus at most ``max_actions`` creates or
+deletes per experiment and ``MAX_EVENTS_PER_CYCLE`` Events).
+
+Nothing is kept between cycles that cannot be rebuilt from the cluster and storage: a killed and
+restarted operator finds its jobs by name and finished stages by their ``_SUCCESS`` manifests.
+Cancelling (annotation ``sftrl.io/cancel: "true"``, set by ``sftrl cancel``) deletes the running
+jobs of the experiment's stages, except stages another live experiment also needs.
+
+Run it with ``sftrl operator`` (in the cluster: the Helm chart's Deployment) or, for one
+experiment from a laptop, ``sftrl submit FILE --watch``. Serves /healthz and /metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from controller.kubernetes import render
+from controller.kubernetes.executor import ApiRejected, ApiUnavailable, ClusterView, K8sExecutor, KubeApi
+from controller.plan import Plan, build_plan
+from controller.reconcile import Delete, Observed, Phase, Policy, State, counts, phase, reconcile
+from controller.spec import Experiment, SpecError, validate_dict
+
+log = logging.getLogger("sftrl.operator")
+
+CANCEL_ANNOTATION = "sftrl.io/cancel"
+TERMINAL = ("Succeeded", "Failed", "Cancelled")
+MAX_EVENTS_PER_CYCLE = 20
+COMPONENT = "sftrl-operator"
+
+
+@dataclass(frozen=True)
+class ClusterDefaults:
+    """Settings the cluster admin gives every experiment that does not set them (Helm values,
+    passed as SFTRL_* environment variables), and S3 settings passed on to training pods."""
+
+    storage: str | None = None
+    image: str | None = None
+    queue: str | None = None
+    service_account: str | None = None
+    storage_secret: str | None = None
+    pushgateway: str | None = None
+    pod_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> ClusterDefaults:
+        get = lambda k: env.get(k) or None  # noqa: E731
+        return cls(storage=get("SFTRL_STORAGE"), image=get("SFTRL_IMAGE"), queue=get("SFTRL_QUEUE"),
+                   service_account=get("SFTRL_SERVICE_ACCOUNT"), storage_secret=get("SFTRL_STORAGE_SECRET"),
+                   pushgateway=get("SFTRL_PUSHGATEWAY"),
+                   pod_env={k: env[k] for k in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION") if env.get(k)})
+
+    def apply(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """The spec with cluster defaults filled in where the experiment left a key out."""
+        out = json.loads(json.dumps(spec))
+        if self.storage and "storage" not in out:
+            out["storage"] = self.storage
+        k8s = out.setdefault("kubernetes", {})
+        for key in ("image", "queue", "service_account", "storage_secret"):
+            if getattr(self, key) and key not in k8s:
+                k8s[key] = getattr(self, key)
+        return out
+
+
+def experiment_of(obj: Mapping[str, Any], defaults: ClusterDefaults = ClusterDefaults()) -> Experiment:
+    """The validated Experiment of a custom resource (raises SpecError naming every bad field)."""
+    meta = obj.get("metadata") or {}
+    spec = defaults.apply(obj.get("spec") or {})
+    spec.setdefault("kubernetes", {})["namespace"] = meta.get("namespace") or "default"  # jobs live beside it
+    raw = {"apiVersion": "sftrl/v1", "kind": "Experiment", "metadata": {"name": meta.get("name")}, "spec": spec}
+    return validate_dict(raw, f"Experiment {meta.get('namespace')}/{meta.get('name')}")
+
+
+def _now_iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _condition(prev: list[dict[str, Any]], kind: str, ok: bool, reason: str, message: str, gen: int,
+               now: str) -> dict[str, Any]:
+    status = "True" if ok else "False"
+    old = next((c for c in prev if c.get("type") == kind), None)
+    since = old["lastTransitionTime"] if old and old.get("status") == status else now
+    return {"type": kind, "status": status, "reason": reason, "message": message[:32000],
+            "lastTransitionTime": since, "observedGeneration": gen}
+
+
+def build_status(plan: Plan, observed: Mapping[str, Observed], policy: Policy, cancelled: bool, generation: int,
+                 prev: Mapping[str, Any], problems: Mapping[str, str], now: float) -> dict[str, Any]:
+    """The Experiment status (schema: manifests/crds/sftrl.io_experiments.yaml) for one observation."""
+    dag = plan.dag()
+    ph = phase(dag, observed, policy, cancelled=cancelled)
+    c = counts(dag, observed, policy)
+    n = {"total": len(dag), "pending": c["pending"] + c["blocked"], "running": c["running"],
+         "succeeded": c["succeeded"], "failed": c["failed"]}
+    stamp = _now_iso(now)
+    prev_conds = list(prev.get("conditions") or [])
+    conds = [
+        _condition(prev_conds, "Valid", True, "SpecValid", f"{len(dag)} stages planned", generation, stamp),
+        _condition(prev_conds, "Complete", ph is Phase.SUCCEEDED, ph.value,
+                   f"{n['succeeded']}/{n['total']} stages succeeded, {n['running']} running, {n['failed']} failed",
+                   generation, stamp),
+        _condition(prev_conds, "Degraded", bool(problems),
+                   "LaunchRejected" if problems else "AsExpected",
+                   "; ".join(f"{v}" for _, v in sorted(problems.items())) or "no errors", generation, stamp),
+    ]
+    return {"phase": ph.value, "observedGeneration": generation, "counts": n,
+            "stages": {sid: observed.get(sid, Observed(State.PENDING)).state.value for sid in dag},
+            "conditions": conds}
+
+
+def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A JSON merge patch turning status ``old`` into ``new``, or None when they are equal.
+
+    Only changed keys are sent, and of ``stages`` only the stages whose state changed (removed
+    ones as null), so a cycle of a 10,000-stage experiment sends bytes, not the whole map.
+
+    >>> status_patch({"phase": "Running", "stages": {"a": "running", "b": "pending"}},
+    ...              {"phase": "Running", "stages": {"a": "succeeded", "c": "pending"}})
+    {'status': {'stages': {'a': 'succeeded', 'c': 'pending', 'b': None}}}
+    """
+    patch: dict[str, Any] = {}
+    for k, v in new.items():
+        if k == "stages" and isinstance(old.get(k), dict) and isinstance(v, dict):
+            diff = {sid: st for sid, st in v.items() if old[k].get(sid) != st}
+            diff.update({sid: None for sid in old[k] if sid not in v})
+            if diff:
+                patch[k] = diff
+        elif old.get(k) != v:
+            patch[k] = v
+    patch.update({k: None for k in old if k not in new})
+    return {"status": patch} if patch else None
+
+
+class _Metrics:
+    """Fallback when controller.kubernetes.metrics (prometheus_client) is unavailable."""
+
+    def observe_cycle(self, experiment: str, counts_by_state: Mapping[str, int], seconds: float) -> None: ...
+    def api_error(self, kind: str) -> None: ...
+    def forget(self, experiments: Any) -> None: ...
+    def heartbeat(self) -> None: ...
+    def serve(self, port: int, **kw: Any) -> Any: return None
+
+
+def make_metrics() -> Any:
+    try:
+        from controller.kubernetes.metrics import OperatorMetrics
+    except ImportError:
+        log.warning("prometheus_client is not installed: /metrics and /healthz are off")
+        return _Metrics()
+    return OperatorMetrics()
+
+
+@dataclass
+class _Tracked:
+    fingerprint: str
+    exp: Experiment | None
+    plan: Plan | None
+    error: str | None
+
+
+class Operator:
+    """Reconcile every Experiment in ``namespace`` (None: all namespaces), or only ``only``."""
+
+    def __init__(self, api: KubeApi, namespace: str | None, *, interval: float = 10.0, metrics: Any = None,
+                 only: str | None = None, defaults: ClusterDefaults | None = None, max_actions: int = 50,
+                 clock: Callable[[], float] = time.time, on_status: Callable[[str, dict], None] | None = None):
+        self.api, self.namespace, self.interval, self.only = api, namespace, interval, only
+        self.metrics = metrics if metrics is not None else _Metrics()
+        self.api.on_error = self.metrics.api_error
+        self.defaults = defaults or ClusterDefaults.from_env()
+        self.max_actions, self.clock, self.on_status = max_actions, clock, on_status
+        self.view = ClusterView(api, namespace, clock)
+        self.tracked: dict[tuple[str, str], _Tracked] = {}
+        self.phases: dict[tuple[str, str], str] = {}
+        self._last_counts: dict[tuple[str, str], dict[str, int]] = {}
+        self._events_left = MAX_EVENTS_PER_CYCLE
+        self._warned: dict[tuple[str, str, str], float] = {}
+        self.instance = socket.gethostname()
+
+    # --- one cycle --------------------------------------------------------------------------------
+
+    def cycle(self) -> dict[tuple[str, str], str]:
+        """One pass over every Experiment; returns (namespace, name) -> phase."""
+        self._events_left = MAX_EVENTS_PER_CYCLE
+        objs = self.api.list_experiments(self.namespace)
+        if self.only:
+            objs = [o for o in objs if o["metadata"]["name"] == self.only]
+        self.view.refresh()
+        items = [(o, self._resolve(o)) for o in objs]
+        live = {(k[0], k[1]) for k in self.tracked}
+        needed: dict[str, set[str]] = {}  # namespace -> stages live experiments need (cancel spares them)
+        for o, t in items:
+            m = o["metadata"]
+            if t.plan is not None and not self._cancelled(o) and (o.get("status") or {}).get("phase") not in TERMINAL:
+                needed.setdefault(m.get("namespace") or "default", set()).update(t.plan.stages)
+        seen = set()
+        for o, t in items:
+            key = (o["metadata"].get("namespace") or "default", o["metadata"]["name"])
+            seen.add(key)
+            start = self.clock()
+            try:
+                self.phases[key] = self._reconcile_one(o, t, needed.get(key[0], set()))
+            except ApiRejected as e:  # one experiment's permanent error must not stop the others
+                log.error("%s/%s: %s", key[0], key[1], e)
+            c = (self._last_counts.get(key) or {})
+            self.metrics.observe_cycle(key[1], {k: v for k, v in c.items() if k != "total"}, self.clock() - start)
+        self._heartbeat()
+        gone = live - seen
+        for key in gone:
+            self.tracked.pop(key, None)
+            self.phases.pop(key, None)
+            self._last_counts.pop(key, None)
+        if gone:
+            self.metrics.forget([k[1] for k in gone])
+        return dict(self.phases)
+
+    def _heartbeat(self) -> None:
+        """Tell /healthz a cycle ended, also when there is no Experiment to observe."""
+        self.metrics.heartbeat()
+
+    @staticmethod
+    def _cancelled(obj: Mapping[str, Any]) -> bool:
+        return str(((obj.get("metadata") or {}).get("annotations") or {}).get(CANCEL_ANNOTATION, "")).lower() == "true"
+
+    def _resolve(self, obj: Mapping[str, Any]) -> _Tracked:
+        m = obj["metadata"]
+        key = (m.get("namespace") or "default", m["name"])
+        fp = hashlib.sha256(json.dumps([m["name"], key[0], obj.get("spec")], sort_keys=True).encode()).hexdigest()
+        t = self.tracked.get(key)
+        if t is None or t.fingerprint != fp:
+            try:
+                exp = experiment_of(obj, self.defaults)
+                plan = build_plan(exp)
+                if plan.stages:
+                    render.render_job(next(iter(plan.stages.values())), exp, 1, key[0])  # names valid?
+                t = _Tracked(fp, exp, plan, None)
+            except SpecError as e:
+                t = _Tracked(fp, None, None, "; ".join(e.problems))
+            except render.RenderError as e:
+                t = _Tracked(fp, None, None, str(e))
+            self.tracked[key] = t
+        return t
+
+    def _reconcile_one(self, obj: Mapping[str, Any], t: _Tracked, needed: set[str]) -> str:
+        m = obj["metadata"]
+        ns, name, gen = m.get("namespace") or "default", m["name"], int(m.get("generation") or 1)
+        prev = dict(obj.get("status") or {})
+        now = self.clock()
+        if t.error is not None or t.exp is None or t.plan is None:
+            msg = f"the experiment's spec is invalid, because: {t.error}. Fix the experiment file and submit it again"
+            status = {"phase": Phase.FAILED.value, "observedGeneration": gen,
+                      "conditions": [_condition(list(prev.get("conditions") or []), "Valid", False, "SpecInvalid",
+                                                msg, gen, _now_iso(now))]}
+            self._write_status(ns, name, prev, status, obj, warn=("SpecInvalid", msg))
+            return status["phase"]
+        exp, plan = t.exp, t.plan
+        ex = exp.spec.execution
+        policy = Policy(max_attempts=ex.max_attempts, backoff_seconds=ex.backoff_seconds, max_parallel=ex.max_parallel)
+        cancel = self._cancelled(obj)
+        executor = K8sExecutor(self.api, exp, ns, self.view, max_actions=self.max_actions,
+                               pushgateway=self.defaults.pushgateway, extra_env=self.defaults.pod_env,
+                               events=lambda kind, reason, message: self.event(obj, kind, reason, message),
+                               clock=self.clock)
+        observed = executor.observe(plan)
+        actions = reconcile(plan.dag(), observed, now, policy, cancel=cancel)
+        if cancel:  # a shared stage keeps running while another live experiment needs it
+            actions = [a for a in actions if not (isinstance(a, Delete) and a.stage in needed)]
+        executor.apply(plan, actions)
+        for sid, attempt in executor.launched:
+            observed[sid] = Observed(State.RUNNING, attempt)
+        problems = {**executor.rejected, **executor.storage_errors}
+        status = build_status(plan, observed, policy, cancel, gen, prev, problems, now)
+        self._forget_superseded(set(prev.get("stages") or {}) - set(plan.stages) - needed)
+        self._transitions(obj, plan, prev.get("stages") or {}, status["stages"])
+        self._last_counts[(ns, name)] = status["counts"]
+        self._write_status(ns, name, prev, status, obj)
+        return status["phase"]
+
+    def _forget_superseded(self, stage_ids: set[str]) -> None:
+        """A resubmitted spec dropped these stages (and no live experiment needs them): delete their
+        Pushgateway groups so dashboards stop showing them (best effort: a failure is logged)."""
+        if not stage_ids or not self.defaults.pushgateway:
+            return
+        from controller.kubernetes.metrics import delete_stale
+
+        try:
+            delete_stale(self.defaults.pushgateway, sorted(stage_ids))
+        except RuntimeError as e:
+            log.warning("%s", e)
+
+    def _write_status(self, ns: str, name: str, prev: Mapping[str, Any], status: dict[str, Any],
+                      obj: Mapping[str, Any], warn: tuple[str, str] | None = None) -> None:
+        patch = status_patch(prev, status)
+        if patch is None:
+            return
+        self.api.patch_experiment_status(ns, name, patch)
+        if warn:
+            self.event(obj, "Warning", *warn)
+        if self.on_status:
+            self.on_status(name, status)
+
+    def _transitions(self, obj: Mapping[str, Any], plan: Plan, old: Mapping[str, str], new: Mapping[str, str]) -> None:
+        for sid, state in new.items():
+            if old.get(sid) == state or state not in ("succeeded", "failed"):
+                continue
+            run = plan.stages[sid].labels.run
+            if state == "succeeded":
+                self.event(obj, "Normal", "StageSucceeded", f"stage {sid} ({run}) succeeded")
+            else:
+                self.event(obj, "Warning", "StageFailed", f"stage {sid} ({run}) failed; see `sftrl logs "
+                                                          f"{obj['metadata']['name']} {sid}`")
+
+    # --- events -------------------------------------------------------------------------------------
+
+    def event(self, obj: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+        """Record a Kubernetes Event on the Experiment (best effort, capped per cycle, Warnings deduplicated)."""
+        m = obj["metadata"]
+        ns, name = m.get("namespace") or "default", m["name"]
+        if kind == "Warning":
+            key, now = (name, reason, message), self.clock()
+            if now - self._warned.get(key, -1e18) < 3600:
+                return
+            self._warned[key] = now
+        if self._events_left <= 0:
+            return
+        self._events_left -= 1
+        stamp = _now_iso(self.clock())
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{name}.{uuid.uuid4().hex[:16]}", "namespace": ns},
+            "involvedObject": {"apiVersion": "sftrl.io/v1alpha1", "kind": "Experiment", "name": name,
+                               "namespace": ns, "uid": m.get("uid")},
+            "reason": reason, "message": message[:1024], "type": kind, "count": 1,
+            "firstTimestamp": stamp, "lastTimestamp": stamp,
+            "source": {"component": COMPONENT}, "reportingComponent": COMPONENT, "reportingInstance": self.instance,
+        }
+        try:
+            self.api.create_event(ns, body)
+        except (ApiRejected, ApiUnavailable) as e:
+            log.warning("could not record event %s on %s/%s: %s", reason, ns, name, e)
+
+    # --- the loop -----------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event | None = None, until_done: bool = False) -> str | None:
+        """Cycle every ``interval`` seconds until ``stop`` is set (or, with ``until_done``, until
+        experiment ``only`` reaches a final phase, which is returned)."""
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            start = self.clock()
+            try:
+                phases = self.cycle()
+            except ApiUnavailable as e:
+                log.warning("%s; retrying in %.0fs", e, self.interval)
+                phases = {}
+            except ApiRejected as e:
+                log.error("%s; retrying in %.0fs", e, self.interval)
+                phases = {}
+            if until_done and self.only:
+                done = [p for (ns, n), p in phases.items() if n == self.only and p in TERMINAL]
+                if done:
+                    return done[0]
+            stop.wait(max(0.0, self.interval - (self.clock() - start)))
+        return None

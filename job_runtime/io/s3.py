@@ -1,0 +1,521 @@
+"""The s3:// backend of ``job_runtime.io.storage`` (AWS S3 and S3-compatible stores: MinIO, Ceph, ...).
+
+``storage.backend("s3://...")`` builds one :class:`S3Backend` per process from the environment;
+callers use the URI-level functions in ``job_runtime.io.storage`` and never see boto3. boto3 is
+imported only here.
+
+Settings (all optional, read from the environment when the backend is built):
+
+=============================  =====================================================  =========
+variable                       meaning                                                default
+=============================  =====================================================  =========
+SFTRL_S3_ENDPOINT              endpoint of an S3-compatible store                     AWS
+                               (falls back to AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL)
+SFTRL_S3_REGION                region (falls back to AWS_REGION, AWS_DEFAULT_REGION)  us-east-1
+SFTRL_S3_CREDENTIALS_FILE      a mounted secret holding the access key and secret     (chain)
+SFTRL_S3_ADDRESSING_STYLE      path | virtual | auto                                  path with
+                                                                                      an endpoint
+SFTRL_S3_MULTIPART_MB          objects at least this large upload in parts            64
+SFTRL_S3_CHUNK_MB              part size (S3 needs >= 5 MiB for all but the last)     64
+SFTRL_S3_CONCURRENCY           parallel part transfers per file                       8
+SFTRL_S3_MAX_ATTEMPTS          botocore attempts per request (retry mode below)       8
+SFTRL_S3_RETRY_MODE            standard | adaptive (adaptive also rate-limits)        standard
+SFTRL_S3_RETRIES               whole-operation attempts on top of botocore's          3
+SFTRL_S3_BACKOFF_S             first back-off between whole-operation attempts        1.0
+SFTRL_S3_CONNECT_TIMEOUT       seconds to open a connection                           10
+SFTRL_S3_READ_TIMEOUT          seconds to wait for a response                         60
+=============================  =====================================================  =========
+
+Credentials come only from (1) ``SFTRL_S3_CREDENTIALS_FILE`` when set, else (2) boto3's standard
+chain: ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE`` and the shared config
+files, web identity (IRSA, EKS Pod Identity), container and instance metadata. They are never
+taken from the experiment file or a stage config, and never logged.
+
+The credentials file may be a Kubernetes Secret mounted as a directory (one file per key), or a
+single file in JSON, INI (``[default]`` as in ``~/.aws/credentials``) or ``KEY=VALUE`` form. Key
+names are matched loosely: ``aws_access_key_id``, ``AWS_ACCESS_KEY_ID``, ``access-key-id`` and
+``accessKeyId`` all name the access key (likewise the secret key and the session token).
+
+Errors: an endpoint that cannot be reached raises ``errors.StorageUnavailable`` (retryable); a
+missing bucket, denied access, rejected credentials or a missing object raise
+``errors.StorageError``. Messages are one line, name the bucket or URI and say what to do; no
+botocore traceback is chained to them.
+"""
+
+from __future__ import annotations
+
+import configparser
+import io
+import json
+import os
+import random
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, TypeVar
+from urllib.parse import urlparse
+
+import boto3
+import botocore.exceptions as bex
+from boto3.exceptions import RetriesExceededError, S3UploadFailedError
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+
+from job_runtime.errors import StorageError, StorageUnavailable
+
+T = TypeVar("T")
+MiB = 1024 * 1024
+
+# botocore / transfer errors meaning "the store could not be reached or did not answer in time"
+_NETWORK_ERRORS = (
+    bex.EndpointConnectionError,
+    bex.ConnectTimeoutError,
+    bex.ReadTimeoutError,
+    bex.ConnectionClosedError,
+    bex.ProxyConnectionError,
+    bex.HTTPClientError,
+    RetriesExceededError,
+)
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+_DENIED = {"403", "AccessDenied", "AllAccessDisabled", "Forbidden"}
+_BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
+_TRANSIENT = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown",
+              "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed"}
+
+
+# --- settings ------------------------------------------------------------------------------------
+
+
+def _env_number(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise StorageError(f"{name}={raw!r} is not a number. Set it to a number >= {minimum} or unset it.") from None
+    if value < minimum:
+        raise StorageError(f"{name}={raw!r} is too small, because it must be >= {minimum}. Raise it or unset it.")
+    return value
+
+
+def _first_env(env: Mapping[str, str], *names: str) -> tuple[str | None, str | None]:
+    """(value, variable name) of the first non-empty variable among names."""
+    for n in names:
+        v = env.get(n, "").strip()
+        if v:
+            return v, n
+    return None, None
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Everything S3Backend reads from the environment (see the module docstring).
+
+    >>> S3Settings.from_env({"SFTRL_S3_MULTIPART_MB": "8"}).multipart_threshold
+    8388608
+    """
+
+    endpoint: str | None = None
+    endpoint_var: str | None = None
+    region: str = "us-east-1"
+    credentials_file: str | None = None
+    addressing_style: str = "auto"
+    multipart_threshold: int = 64 * MiB
+    multipart_chunksize: int = 64 * MiB
+    concurrency: int = 8
+    max_attempts: int = 8
+    retry_mode: str = "standard"
+    retries: int = 3
+    backoff_s: float = 1.0
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "S3Settings":
+        """Settings from env (default: os.environ); a bad value raises StorageError naming it."""
+        env = os.environ if env is None else env
+        endpoint, endpoint_var = _first_env(env, "SFTRL_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+        if endpoint and urlparse(endpoint).scheme not in ("http", "https"):
+            raise StorageError(
+                f"{endpoint_var}={endpoint!r} is not an http(s) URL. Set it like http://minio.storage:9000."
+            )
+        region, _ = _first_env(env, "SFTRL_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION")
+        style = env.get("SFTRL_S3_ADDRESSING_STYLE", "").strip() or ("path" if endpoint else "auto")
+        if style not in ("path", "virtual", "auto"):
+            raise StorageError(f"SFTRL_S3_ADDRESSING_STYLE={style!r} is unknown. Use path, virtual or auto.")
+        mode = env.get("SFTRL_S3_RETRY_MODE", "").strip() or "standard"
+        if mode not in ("standard", "adaptive"):
+            raise StorageError(f"SFTRL_S3_RETRY_MODE={mode!r} is unknown. Use standard or adaptive.")
+        return cls(
+            endpoint=endpoint.rstrip("/") if endpoint else None,
+            endpoint_var=endpoint_var,
+            region=region or "us-east-1",
+            credentials_file=env.get("SFTRL_S3_CREDENTIALS_FILE", "").strip() or None,
+            addressing_style=style,
+            multipart_threshold=int(_env_number(env, "SFTRL_S3_MULTIPART_MB", 64, 0.001) * MiB),
+            multipart_chunksize=int(_env_number(env, "SFTRL_S3_CHUNK_MB", 64, 5) * MiB),
+            concurrency=int(_env_number(env, "SFTRL_S3_CONCURRENCY", 8, 1)),
+            max_attempts=int(_env_number(env, "SFTRL_S3_MAX_ATTEMPTS", 8, 1)),
+            retry_mode=mode,
+            retries=int(_env_number(env, "SFTRL_S3_RETRIES", 3, 1)),
+            backoff_s=_env_number(env, "SFTRL_S3_BACKOFF_S", 1.0, 0),
+            connect_timeout=_env_number(env, "SFTRL_S3_CONNECT_TIMEOUT", 10, 0.1),
+            read_timeout=_env_number(env, "SFTRL_S3_READ_TIMEOUT", 60, 0.1),
+        )
+
+
+# --- credentials from a mounted secret -------------------------------------------------------------
+
+_KEY_ALIASES = {
+    "accesskeyid": "aws_access_key_id",
+    "accesskey": "aws_access_key_id",
+    "secretaccesskey": "aws_secret_access_key",
+    "secretkey": "aws_secret_access_key",
+    "sessiontoken": "aws_session_token",
+}
+
+
+def _canonical_key(name: str) -> str | None:
+    k = re.sub(r"[^a-z]", "", name.lower())
+    k = k[3:] if k.startswith("aws") else k
+    return _KEY_ALIASES.get(k)
+
+
+def read_credentials_file(path: str) -> dict[str, str]:
+    """Access key, secret and optional session token from a mounted secret (directory or file).
+
+    Returns boto3 Session keyword arguments. Accepted forms: a directory with one file per key (a
+    Kubernetes Secret volume), or a file in JSON, INI (``[default]`` section) or KEY=VALUE form.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "access-key-id").write_text("AK\\n"); _ = (d / "secret-access-key").write_text("SK")
+    >>> sorted(read_credentials_file(str(d)).items())
+    [('aws_access_key_id', 'AK'), ('aws_secret_access_key', 'SK')]
+    """
+    p = Path(path)
+    raw: dict[str, str] = {}
+    if p.is_dir():
+        for f in sorted(p.iterdir()):
+            if f.is_file() and not f.name.startswith("."):  # skip the ..data symlink farm of Secrets
+                raw[f.name] = f.read_text().strip()
+    elif p.is_file():
+        text = p.read_text()
+        stripped = text.strip()
+        if stripped.startswith("{"):
+            try:
+                raw = {str(k): str(v) for k, v in json.loads(stripped).items()}
+            except (json.JSONDecodeError, AttributeError):
+                raise StorageError(
+                    f"SFTRL_S3_CREDENTIALS_FILE={path} is not valid JSON. Write a JSON object with "
+                    "aws_access_key_id and aws_secret_access_key."
+                ) from None
+        elif re.search(r"^\s*\[[^\]]+\]\s*$", text, re.MULTILINE):
+            ini = configparser.ConfigParser()
+            ini.read_string(text)
+            section = "default" if ini.has_section("default") else ini.sections()[0]
+            raw = dict(ini.items(section))
+        else:
+            for line in text.splitlines():
+                line = line.strip()
+                if line and not line.startswith("#") and "=" in line:
+                    k, v = line.removeprefix("export ").split("=", 1)
+                    raw[k.strip()] = v.strip().strip("'\"")
+    else:
+        raise StorageError(
+            f"SFTRL_S3_CREDENTIALS_FILE={path} does not exist, because the secret is not mounted there. "
+            "Mount the Secret at that path or unset the variable to use the AWS credential chain."
+        )
+    creds: dict[str, str] = {}
+    for k, v in raw.items():
+        canonical = _canonical_key(k)
+        if canonical and v:
+            creds[canonical] = v
+    missing = [k for k in ("aws_access_key_id", "aws_secret_access_key") if k not in creds]
+    if missing:
+        found = ", ".join(sorted(raw)) or "nothing"
+        raise StorageError(
+            f"SFTRL_S3_CREDENTIALS_FILE={path} lacks {' and '.join(missing)}, because it holds only: {found}. "
+            "Add the keys (e.g. aws_access_key_id / aws_secret_access_key) to the secret."
+        )
+    return creds
+
+
+# --- URIs --------------------------------------------------------------------------------------------
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """(bucket, key) of an s3:// URI; the key has no leading or trailing slash.
+
+    >>> split_uri("s3://bucket/runs/stages/abc/")
+    ('bucket', 'runs/stages/abc')
+    """
+    p = urlparse(uri)
+    if p.scheme != "s3" or not p.netloc:
+        raise StorageError(f"{uri} is not an S3 URI, because it lacks s3://<bucket>/. Write s3://bucket/prefix.")
+    return p.netloc, p.path.strip("/")
+
+
+# --- the backend ----------------------------------------------------------------------------------------
+
+
+class S3Backend:
+    """The ``storage.Backend`` protocol on S3, configured from the environment.
+
+    Construction checks that the endpoint answers (one quick request), so a wrong endpoint fails at
+    start with ``StorageUnavailable`` instead of deep inside a stage.
+
+    >>> be = S3Backend()                                    # doctest: +SKIP
+    >>> be.write_bytes("s3://bucket/x/a.txt", b"hi")        # doctest: +SKIP
+    >>> be.list("s3://bucket/x")                            # doctest: +SKIP
+    ['a.txt']
+    """
+
+    list_page_size = 1000  # keys per ListObjectsV2 page (S3's maximum)
+    delete_batch = 1000  # keys per DeleteObjects call (S3's maximum)
+
+    def __init__(self, settings: S3Settings | None = None, *, check: bool = True) -> None:
+        self.settings = s = settings or S3Settings.from_env()
+        session_kwargs: dict[str, str] = {"region_name": s.region}
+        if s.credentials_file:
+            session_kwargs.update(read_credentials_file(s.credentials_file))
+        self._session = boto3.session.Session(**session_kwargs)
+        self.client = self._client(s.max_attempts, s.connect_timeout, s.read_timeout)
+        self.endpoint = self.client.meta.endpoint_url
+        self.transfer = TransferConfig(
+            multipart_threshold=s.multipart_threshold,
+            multipart_chunksize=s.multipart_chunksize,
+            max_concurrency=s.concurrency,
+            use_threads=s.concurrency > 1,
+            preferred_transfer_client="classic",
+        )
+        self._checked_buckets: set[str] = set()
+        if check:
+            self.check_endpoint()
+
+    def _client(self, attempts: int, connect_timeout: float, read_timeout: float) -> Any:
+        s = self.settings
+        config = Config(
+            retries={"max_attempts": attempts, "mode": s.retry_mode},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            s3={"addressing_style": s.addressing_style},
+            max_pool_connections=max(10, s.concurrency * 2),
+        )
+        return self._session.client("s3", endpoint_url=s.endpoint, config=config)
+
+    # --- errors and retries -------------------------------------------------------------------
+
+    def _where(self) -> str:
+        if self.settings.endpoint_var:
+            return f"Check {self.settings.endpoint_var}={self.settings.endpoint}"
+        return "Check SFTRL_S3_ENDPOINT (unset means AWS)"
+
+    def _translate(self, exc: BaseException, uri: str, action: str) -> StorageError:
+        """A one-line StorageError (or StorageUnavailable) for a boto3/botocore exception."""
+        if isinstance(exc, StorageError):
+            return exc
+        if isinstance(exc, S3UploadFailedError) and isinstance(exc.__context__, BaseException):
+            exc = exc.__context__
+        bucket = urlparse(uri).netloc or uri
+        if isinstance(exc, (bex.NoCredentialsError, bex.PartialCredentialsError, bex.CredentialRetrievalError)):
+            return StorageError(
+                f"Cannot {action} {uri}, because no usable S3 credentials were found ({exc}). Set "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, mount a Secret and set SFTRL_S3_CREDENTIALS_FILE, "
+                "or use a pod identity (IRSA)."
+            )
+        if isinstance(exc, _NETWORK_ERRORS):
+            return StorageUnavailable(
+                f"S3 endpoint {self.endpoint} is unreachable (while trying to {action} {uri}), because "
+                f"{_one_line(exc)}. {self._where()} and that the store is up and reachable from here."
+            )
+        if isinstance(exc, bex.ClientError):
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = _status(exc)
+            detail = _one_line(exc)
+            if code == "NoSuchBucket":
+                return StorageError(
+                    f"S3 bucket '{bucket}' does not exist (endpoint {self.endpoint}), so cannot {action} {uri}. "
+                    "Create the bucket or fix the storage URI."
+                )
+            if code in _BAD_CREDENTIALS:
+                return StorageError(
+                    f"S3 rejected the credentials for bucket '{bucket}' ({code}), so cannot {action} {uri}. "
+                    "Check the access key and secret (SFTRL_S3_CREDENTIALS_FILE or AWS_* variables)."
+                )
+            if code in _DENIED or status == "403":
+                return StorageError(
+                    f"Access to S3 bucket '{bucket}' is denied, so cannot {action} {uri}, because {detail}. "
+                    "Grant these credentials s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket on it."
+                )
+            if code in _NOT_FOUND or status == "404":
+                return StorageError(f"{uri} does not exist. Check the path or run the stage that writes it.")
+            if code in _TRANSIENT or status.startswith("5"):
+                return StorageUnavailable(
+                    f"S3 endpoint {self.endpoint} kept failing to {action} {uri}, because {detail}. "
+                    "Retry later; if it persists check the store's health."
+                )
+            return StorageError(f"Cannot {action} {uri}, because S3 answered {code or status}: {detail}.")
+        return StorageError(f"Cannot {action} {uri}, because {type(exc).__name__}: {_one_line(exc)}.")
+
+    def _retry(self, action: str, uri: str, fn: Callable[[], T]) -> T:
+        """fn() with whole-operation retries (exponential back-off with jitter) on unavailability.
+
+        botocore already retries each request SFTRL_S3_MAX_ATTEMPTS times; this outer loop rides out
+        longer outages (a restarting MinIO, a network blip) before giving up with StorageUnavailable.
+        """
+        attempts = self.settings.retries
+        for attempt in range(attempts):
+            try:
+                return fn()
+            except Exception as exc:  # noqa: BLE001 - every failure is translated below
+                err = self._translate(exc, uri, action)
+            if not isinstance(err, StorageUnavailable) or attempt == attempts - 1:
+                raise err
+            delay = self.settings.backoff_s * (2**attempt)
+            time.sleep(delay * (0.5 + random.random()))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def check_endpoint(self) -> None:
+        """One quick request: StorageUnavailable if nothing answers, StorageError for bad credentials."""
+        probe = self._client(2, min(self.settings.connect_timeout, 5.0), min(self.settings.read_timeout, 15.0))
+        try:
+            probe.list_buckets()
+        except bex.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in _BAD_CREDENTIALS:
+                raise StorageError(
+                    f"S3 endpoint {self.endpoint} rejected the credentials ({code}). Check the access key and "
+                    "secret (SFTRL_S3_CREDENTIALS_FILE or AWS_* variables)."
+                ) from None
+            # AccessDenied etc.: the endpoint answered; scoped credentials may not list buckets.
+        except _NETWORK_ERRORS as exc:
+            raise StorageUnavailable(
+                f"S3 endpoint {self.endpoint} is unreachable, because {_one_line(exc)}. "
+                f"{self._where()} and that the store is up and reachable from here."
+            ) from None
+        except (bex.NoCredentialsError, bex.PartialCredentialsError, bex.CredentialRetrievalError) as exc:
+            raise self._translate(exc, f"s3:// (endpoint {self.endpoint})", "reach") from None
+        except bex.BotoCoreError as exc:
+            raise StorageUnavailable(
+                f"S3 endpoint {self.endpoint} could not be used, because {_one_line(exc)}. {self._where()}."
+            ) from None
+        finally:
+            probe.close()
+
+    def _bucket(self, uri: str) -> tuple[str, str]:
+        """(bucket, key); the first use of a bucket checks that it exists, so a typo fails loudly."""
+        bucket, key = split_uri(uri)
+        if bucket not in self._checked_buckets:
+
+            def head() -> None:
+                try:
+                    self.client.head_bucket(Bucket=bucket)
+                except bex.ClientError as exc:
+                    status = _status(exc)
+                    if status == "404":
+                        raise StorageError(
+                            f"S3 bucket '{bucket}' does not exist (endpoint {self.endpoint}), needed for {uri}. "
+                            "Create the bucket or fix the storage URI."
+                        ) from None
+                    if status != "403":  # 403: object-scoped policies may forbid HeadBucket; objects will tell
+                        raise
+
+            self._retry("open", uri, head)
+            self._checked_buckets.add(bucket)
+        return bucket, key
+
+    # --- the Backend protocol ---------------------------------------------------------------------
+
+    def exists(self, uri: str) -> bool:
+        bucket, key = self._bucket(uri)
+        if not key:
+            return True  # the bucket itself: _bucket() checked it
+
+        def head() -> bool:
+            try:
+                self.client.head_object(Bucket=bucket, Key=key)
+                return True
+            except bex.ClientError as exc:
+                if _status(exc) == "404":
+                    return False
+                raise
+
+        return self._retry("check", uri, head)
+
+    def read_bytes(self, uri: str) -> bytes:
+        bucket, key = self._bucket(uri)
+        return self._retry("read", uri, lambda: self.client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        bucket, key = self._bucket(uri)
+        self._retry(
+            "write",
+            uri,
+            lambda: self.client.upload_fileobj(io.BytesIO(data), bucket, key, Config=self.transfer),
+        )
+
+    def list(self, uri: str) -> list[str]:
+        """Relative keys of every object under the prefix (as a directory: 'a/b' never matches 'a/bc')."""
+        return sorted(
+            rel for rel in self._keys(uri) if not rel.endswith("/") and not rel.rsplit("/", 1)[-1].startswith(".")
+        )
+
+    def _keys(self, uri: str) -> list[str]:
+        """Every key under uri/, relative, including dot-files and folder markers."""
+        bucket, key = self._bucket(uri)
+        prefix = f"{key}/" if key else ""
+
+        def collect() -> list[str]:
+            out: list[str] = []
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": self.list_page_size}
+            )
+            for page in pages:
+                out.extend(obj["Key"][len(prefix) :] for obj in page.get("Contents", []))
+            return [rel for rel in out if rel]
+
+        return self._retry("list", uri, collect)
+
+    def upload_file(self, local: Path, uri: str) -> None:
+        bucket, key = self._bucket(uri)
+        if not Path(local).is_file():
+            raise StorageError(f"Cannot upload {local} to {uri}, because {local} is not a file.")
+        self._retry("upload", uri, lambda: self.client.upload_file(str(local), bucket, key, Config=self.transfer))
+
+    def download_file(self, uri: str, local: Path) -> None:
+        """Download to local (s3transfer writes a temp file and renames it, so readers never see half)."""
+        bucket, key = self._bucket(uri)
+        Path(local).parent.mkdir(parents=True, exist_ok=True)
+        self._retry(
+            "download", uri, lambda: self.client.download_file(bucket, key, str(local), Config=self.transfer)
+        )
+
+    def delete_prefix(self, uri: str) -> None:
+        """Delete the object named uri and every object under uri/ (like rm -r)."""
+        bucket, key = self._bucket(uri)
+        keys = [f"{key}/{rel}" if key else rel for rel in self._keys(uri)]
+        if key and self.exists(uri):
+            keys.append(key)
+        for i in range(0, len(keys), self.delete_batch):
+            batch = [{"Key": k} for k in keys[i : i + self.delete_batch]]
+            delete = {"Objects": batch, "Quiet": True}
+            resp = self._retry("delete", uri, lambda: self.client.delete_objects(Bucket=bucket, Delete=delete))
+            errors = resp.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise StorageError(
+                    f"Cannot delete {len(errors)} objects under {uri}, because S3 answered {first.get('Code')}: "
+                    f"{first.get('Message')} (e.g. {first.get('Key')}). Check s3:DeleteObject on bucket '{bucket}'."
+                )
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
+
+
+def _status(exc: bex.ClientError) -> str:
+    return str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
