@@ -1,0 +1,283 @@
+"""MathVista's official scoring: a judge-free stand-in for its GPT-4 answer extraction, then the
+authors' normalisation, rule for rule.
+
+The authors (lupantech/MathVista evaluation/extract_answer.py) ask GPT-4 to extract the answer from
+a response, then evaluation/calculate_score.py normalises the extraction and compares strings:
+
+- ``normalize_extracted_answer`` (`normalize`): multiple choice: the first "(x)" in the extraction
+  becomes its letter; a letter naming an option becomes that option's text, anything else the
+  option nearest by Levenshtein distance (the first on ties), so even "N/A" names an option;
+  integer: ``str(int(float(x)))`` (truncation; 8 of the 9 dev models were scored by an older
+  ``int(x)``, which rejects "3.0": the only difference, 5 of 9,000 dev rows); float:
+  ``str(round(float(x), precision))``; list: ``str(x)``; anything unparsable is None (wrong);
+- ``safe_equal``: the prediction must equal the answer string exactly.
+
+`extract` stands in for GPT-4: extract_answer.py's own quick rules first (a response equal to an
+option, a response that is a number), then what GPT-4 does with a response, as its stored
+extractions on the dev set show (../shared/eval-gold): an explicit answer (a box, "the answer is",
+an option letter) wins; a yes/no question answered in prose is "Yes" unless the sentence negates;
+an option named in the conclusion is that option; a number is the one the conclusion states (a
+bold value, the value after "is"/"=", the one number of a short answer, number words); a response
+with no answer is "N/A" (which the nearest-option rule then maps, as it does for GPT-4's "N/A").
+
+>>> row = {"question_type": "multi_choice", "answer_type": "text", "choices": ["Yes", "No"], "answer": "No", "precision": None}
+>>> official_verdict(row, "No, New Jersey does not have a higher value than Georgia.")
+('No', True)
+>>> official_verdict({"question_type": "free_form", "answer_type": "integer", "answer": "9", "choices": None,
+...                   "precision": None}, "So the perimeter is 3 + 3 + 3 = **9 yards**.\\n\\nAnything else?")
+('9', True)
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from job_runtime.eval.answers import LETTERS, choice_letter, edit_distance, find_answer
+from job_runtime.eval.benchmarks.numbers import clean_latex, to_number
+
+NO_ANSWER = "N/A"  # what GPT-4 most often extracts from a response without an answer
+
+
+# --- the authors' normalisation (calculate_score.py) -------------------------------------------
+
+
+def nearest_option(text: str, choices: list[str]) -> str:
+    """get_most_similar: the option at the smallest Levenshtein distance, the first on ties.
+
+    >>> nearest_option("N/A", ["Yes", "No"]), nearest_option("quarter pas", ["half", "quarter past"])
+    ('No', 'quarter past')
+    """
+    dists = [edit_distance(text, str(c)) for c in choices]
+    return choices[dists.index(min(dists))]
+
+
+def normalize(extraction: Any, row: dict[str, Any]) -> str | None:
+    """normalize_extracted_answer on one extraction (see the module doc).
+
+    >>> mc = {"question_type": "multi_choice", "choices": ["3", "4", "5"]}
+    >>> normalize("(b) four", mc), normalize("C", mc), normalize("7", mc), normalize("c", mc)
+    ('4', '5', '3', '3')
+    >>> fl = {"question_type": "free_form", "answer_type": "float", "precision": 1}
+    >>> normalize("2.25", fl), normalize("1e3", fl), normalize("12 cm", fl)
+    ('2.2', '1000.0', None)
+    >>> normalize("3.9", {"question_type": "free_form", "answer_type": "integer"})
+    '3'
+    """
+    qtype, atype = row.get("question_type"), row.get("answer_type")
+    if qtype == "multi_choice":
+        choices = [str(c) for c in row.get("choices") or []]
+        text = extraction.strip() if isinstance(extraction, str) else str(extraction)
+        letters = re.findall(r"\(([a-zA-Z])\)", text)
+        if letters:
+            text = letters[0].upper()
+        options = [chr(ord("A") + i) for i in range(len(choices))]
+        if text in options:
+            return choices[options.index(text)]
+        return nearest_option(text, choices) if choices else None
+    try:
+        if atype == "integer":
+            return str(int(float(extraction)))
+        if atype == "float":
+            return str(round(float(extraction), int(row.get("precision") or 0)))
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if atype == "list":
+        return None if extraction is None else str(extraction)
+    return extraction
+
+
+# --- the stand-in for GPT-4's extraction -------------------------------------------------------
+
+_CHATTER = re.compile(
+    r"^(?:i hope|hope this|let me know|is there anything|do you have|please let|feel free|if you have|i'm happy"
+    r"|i am happy|happy to help|thank|sure[,!.]|okay[,!.]|ok[,!.]|here is|here's)",
+    re.IGNORECASE,
+)
+_CODE = re.compile(r"```.*?(?:```|$)", re.DOTALL)
+_WORD_NUMBERS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())}
+_NUM = re.compile(
+    r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\d])|(?<![\w])(?:"
+    + "|".join(_WORD_NUMBERS) + r")(?![\w])",
+    re.IGNORECASE,
+)
+_CONCLUSION = re.compile(r"\b(?:therefore|thus|hence|so|in total|in conclusion|the answer|answer)\b", re.IGNORECASE)
+_NEGATION = re.compile(r"\b(?:not|no|cannot|never|neither|nor|none)\b|n't\b", re.IGNORECASE)
+_STATED = re.compile(r"(?:\bis|\bare|=|\bequals|\bbe|\bof|:)\s*(?:about|approximately|around|roughly)?\s*\$?\**\s*$",
+                     re.IGNORECASE)
+
+
+def _sentences(text: str) -> list[str]:
+    text = _CODE.sub(" ", text)
+    parts = re.split(r"(?<=[.!?])\s+|\n+", text)
+    return [p.strip() for p in parts if p.strip() and not _CHATTER.match(p.strip())]
+
+
+def _as_number(token: str) -> str:
+    low = token.lower()
+    if low in _WORD_NUMBERS:
+        return str(_WORD_NUMBERS[low])
+    return token.replace(",", "")
+
+
+def _numbers(sentence: str) -> list[tuple[int, str]]:
+    return [(m.start(), _as_number(m.group(0))) for m in _NUM.finditer(sentence)]
+
+
+def _stated_number(sentence: str) -> str | None:
+    """The number a sentence states as its result: a bold one, the one after "is"/"=", else its last."""
+    bold = [b for b in re.findall(r"\*\*(.+?)\*\*", sentence) if _numbers(b)]
+    if bold:
+        return _numbers(bold[-1])[0][1]
+    nums = _numbers(sentence)
+    if not nums:
+        return None
+    for pos, value in nums:
+        if _STATED.search(sentence[:pos]):
+            return value
+    return nums[-1][1]
+
+
+def _free_form(response: str) -> str | None:
+    ans, _ = find_answer(response)
+    if ans is not None:
+        v = to_number(ans)
+        if v is not None:
+            return _fmt(v)
+        nums = _numbers(clean_latex(ans))
+        return nums[-1][1] if nums else ans
+    sents = _sentences(response)
+    if not sents:
+        return None
+    bold = [b for s in sents for b in re.findall(r"\*\*(.+?)\*\*", s) if _numbers(b)]
+    if bold:
+        return _numbers(bold[-1])[0][1]
+    if len(sents) <= 2:  # a short answer: its first stated value
+        for s in sents:
+            v = _stated_number(s)
+            if v is not None:
+                return v
+        return None
+    for s in reversed(sents):
+        if _CONCLUSION.search(s) and _numbers(s):
+            return _stated_number(s)
+    for s in reversed(sents):
+        v = _stated_number(s)
+        if v is not None:
+            return v
+    return None
+
+
+def _fmt(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+def _yes_no(response: str, choices: list[str]) -> str | None:
+    low = [c.strip().lower() for c in choices]
+    if sorted(low) != ["no", "yes"]:
+        return None
+    sents = _sentences(response)
+    if not sents:
+        return None
+    first = re.sub(r"^[\W_]+", "", sents[0]).lower()
+    for word in ("yes", "no"):
+        if re.match(word + r"\b", first):
+            return choices[low.index(word)]
+    last = sents[-1] if len(sents) > 1 and _CONCLUSION.search(sents[-1]) else sents[0]
+    return choices[low.index("no" if _NEGATION.search(last) else "yes")]
+
+
+def _named_option(response: str, choices: list[str]) -> str | None:
+    """The option whose text the conclusion names (the last one named, in the last sentence naming one)."""
+    for s in reversed(_sentences(response)):
+        low = s.lower()
+        best, best_pos = None, -1
+        for c in choices:
+            t = str(c).strip().lower()
+            if not t:
+                continue
+            for m in re.finditer(r"(?<![\w])" + re.escape(t) + r"(?![\w])", low):
+                if m.start() > best_pos or (m.start() == best_pos and len(t) > len(str(best))):
+                    best, best_pos = c, m.start()
+        if best is not None:
+            return str(best)
+    return None
+
+
+def _multi_choice(response: str, choices: list[str]) -> str:
+    ans, _ = find_answer(response)
+    if ans is not None:
+        letter = choice_letter(ans, choices)
+        return LETTERS[LETTERS.index(letter)] if letter else ans
+    letter = _letter_stated(response, len(choices))
+    if letter:
+        return letter
+    yn = _yes_no(response, choices)
+    if yn is not None:
+        return yn
+    named = _named_option(response, choices)
+    if named is not None:
+        return named
+    value = _free_form(response)
+    return value if value is not None else NO_ANSWER
+
+
+_LETTER_LINE = re.compile(r"^\s*\(?([A-Z])\)?(?:[.:)]|\s*$|\s)")
+_LETTER_PHRASE = re.compile(
+    r"(?:option|choice|answer|选项|答案)\s*(?:is|:|为|是)?\s*\(?([A-Z])\)?(?![\w])|\(([A-Z])\)", re.IGNORECASE)
+
+
+def _letter_stated(response: str, n: int) -> str | None:
+    valid = LETTERS[:n]
+    text = response.strip()
+    m = _LETTER_LINE.match(text)
+    if m and m.group(1) in valid:
+        return m.group(1)
+    for s in reversed(_sentences(text)):
+        hits = [a or b for a, b in _LETTER_PHRASE.findall(s)]
+        hits = [h.upper() for h in hits if h.upper() in valid]
+        if hits:
+            return hits[-1]
+    return None
+
+
+def extract(row: dict[str, Any], response: str) -> str:
+    """The stand-in for GPT-4's extraction (see the module doc); "" for an empty response."""
+    resp = response or ""
+    if not resp:
+        return ""
+    choices = [str(c) for c in row.get("choices") or []]
+    if row.get("question_type") == "multi_choice" and resp in choices:
+        return resp
+    atype = row.get("answer_type")
+    if atype == "integer":
+        try:
+            return str(int(resp))
+        except ValueError:
+            pass
+    if atype == "float":
+        try:
+            return str(float(resp))
+        except ValueError:
+            pass
+    if row.get("question_type") == "multi_choice" and choices:
+        return _multi_choice(resp, choices)
+    if atype in ("integer", "float"):
+        value = _free_form(resp)
+        return value if value is not None else NO_ANSWER
+    if atype == "list":
+        ans, _ = find_answer(resp)
+        if ans is not None:
+            return ans
+        nums = [v for s in _sentences(resp)[-1:] for _, v in _numbers(s)]
+        return "[" + ", ".join(nums) + "]" if nums else NO_ANSWER
+    ans, _ = find_answer(resp, lenient=True)
+    return ans if ans is not None else NO_ANSWER
+
+
+def official_verdict(row: dict[str, Any], response: str) -> tuple[str | None, bool]:
+    """(normalised prediction, correct) under the official protocol."""
+    pred = normalize(extract(row, response), row)
+    return pred, pred is not None and pred == str(row["answer"])
