@@ -104,7 +104,9 @@ _NUM = re.compile(
     re.IGNORECASE,
 )
 _CONCLUSION = re.compile(r"\b(?:therefore|thus|hence|so|in total|in conclusion|the answer|answer)\b", re.IGNORECASE)
-_NEGATION = re.compile(r"\b(?:not|no|cannot|never|neither|nor|none)\b|n't\b", re.IGNORECASE)
+_THEREFORE = re.compile(r"^\W*(?:therefore|thus|hence|so|in total|in conclusion)\b", re.IGNORECASE)
+_NEGATION = re.compile(
+    r"\b(?:not|no|cannot|never|neither|nor|none|impossible|unable|insufficient|unclear)\b|n't\b", re.IGNORECASE)
 _STATED = re.compile(r"(?:\bis|\bare|=|\bequals|\bbe|\bof|:)\s*(?:about|approximately|around|roughly)?\s*\$?\**\s*$",
                      re.IGNORECASE)
 
@@ -134,6 +136,10 @@ def _stated_number(sentence: str) -> str | None:
     nums = _numbers(sentence)
     if not nums:
         return None
+    if "=" in sentence:  # "5 + 7 = 12": the result of the last equation
+        after = _numbers(sentence[sentence.rindex("=") + 1 :])
+        if after:
+            return after[0][1]
     for pos, value in nums:
         if _STATED.search(sentence[:pos]):
             return value
@@ -160,9 +166,10 @@ def _free_form(response: str) -> str | None:
             if v is not None:
                 return v
         return None
-    for s in reversed(sents):
-        if _CONCLUSION.search(s) and _numbers(s):
-            return _stated_number(s)
+    for pattern in (_THEREFORE, _CONCLUSION):
+        for s in reversed(sents):
+            if pattern.search(s) and _numbers(s):
+                return _stated_number(s)
     for s in reversed(sents):
         v = _stated_number(s)
         if v is not None:
@@ -189,20 +196,42 @@ def _yes_no(response: str, choices: list[str]) -> str | None:
     return choices[low.index("no" if _NEGATION.search(last) else "yes")]
 
 
+_STOP = {"the", "a", "an", "of", "to", "and", "in", "on", "is", "are", "would", "will", "be", "it", "its", "that", "this"}
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in _STOP]
+
+
+def _option_in(sentence: str, choices: list[str]) -> str | None:
+    """The option a sentence names: the most of its words present (all of a one-word option), earliest first."""
+    words = _words(sentence)
+    if not words:
+        return None
+    best, best_key = None, None
+    for c in choices:
+        cw = _words(str(c))
+        if not cw or not any(w.isalpha() for w in cw):
+            continue
+        hits = [w for w in cw if w in words]
+        share = len(hits) / len(cw)
+        if share < 0.5 or (len(cw) <= 2 and share < 1):
+            continue
+        pos = min(words.index(w) for w in hits)
+        key = (-share, pos, -len(cw))
+        if best_key is None or key < best_key:
+            best, best_key = str(c), key
+    return best
+
+
 def _named_option(response: str, choices: list[str]) -> str | None:
-    """The option whose text the conclusion names (the last one named, in the last sentence naming one)."""
-    for s in reversed(_sentences(response)):
-        low = s.lower()
-        best, best_pos = None, -1
-        for c in choices:
-            t = str(c).strip().lower()
-            if not t:
-                continue
-            for m in re.finditer(r"(?<![\w])" + re.escape(t) + r"(?![\w])", low):
-                if m.start() > best_pos or (m.start() == best_pos and len(t) > len(str(best))):
-                    best, best_pos = c, m.start()
-        if best is not None:
-            return str(best)
+    """The option the answer sentence names: the first sentence of a short answer, else the conclusion."""
+    sents = _sentences(response)
+    order = sents if len(sents) <= 3 else [s for s in reversed(sents) if _CONCLUSION.search(s)] + sents[:1]
+    for s in order:
+        named = _option_in(s, choices)
+        if named is not None:
+            return named
     return None
 
 
@@ -235,6 +264,9 @@ def _letter_stated(response: str, n: int) -> str | None:
     m = _LETTER_LINE.match(text)
     if m and m.group(1) in valid:
         return m.group(1)
+    last = text.split("\n")[-1].strip(" *.")
+    if len(last) <= 3 and (m := _LETTER_LINE.match(last)) and m.group(1) in valid:
+        return m.group(1)
     for s in reversed(_sentences(text)):
         hits = [a or b for a, b in _LETTER_PHRASE.findall(s)]
         hits = [h.upper() for h in hits if h.upper() in valid]
@@ -243,11 +275,36 @@ def _letter_stated(response: str, n: int) -> str | None:
     return None
 
 
+_QUESTION = re.compile(r"\n\s*(?:Question|Q)\s*:", re.IGNORECASE)
+
+
+def answer_part(row: dict[str, Any], response: str) -> str:
+    """The part of a response GPT-4 reads the answer from when the model went on with more questions.
+
+    A model that repeats the question it was asked answers it in the first block that answers; one that
+    makes up a new question and solves it is read at its last conclusion (as GPT-4 did on the dev set).
+    """
+    blocks = _QUESTION.split(response)
+    if len(blocks) == 1:
+        return response
+    asked = _words(str(row.get("question", "")))[:8]
+    repeats = all(_words(b)[: len(asked)] == asked for b in blocks[1:] if b.strip())
+    if not repeats:
+        last = blocks[-1]
+        return last if _CONCLUSION.search(last) or find_answer(last)[0] is not None else response
+    for i, block in enumerate(blocks):
+        if find_answer(block)[0] is not None or _letter_stated(block, 26):
+            return "\nQuestion:".join(blocks[: i + 1])
+    return response
+
+
 def extract(row: dict[str, Any], response: str) -> str:
     """The stand-in for GPT-4's extraction (see the module doc); "" for an empty response."""
     resp = response or ""
     if not resp:
         return ""
+    if resp not in [str(c) for c in row.get("choices") or []]:
+        resp = answer_part(row, resp)
     choices = [str(c) for c in row.get("choices") or []]
     if row.get("question_type") == "multi_choice" and resp in choices:
         return resp
