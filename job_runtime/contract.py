@@ -139,6 +139,11 @@ class EvalParams(_Strict):
     prompt: Literal["study", "official"] = Field(
         "study", description="'study': the EasyR1 format prompt; 'official': each benchmark's own prompt."
     )
+    protocol: Literal["official", "strict"] = Field(
+        "official",
+        description="Scoring protocol: 'official' reproduces each benchmark's own pipeline (judge-free); "
+        "'strict' is sftrl's robust scorer, closer to the truth than to the official verdicts.",
+    )
     max_new_tokens: int = Field(2048, ge=1, description="Longest response in tokens.")
     temperature: float = Field(0.0, ge=0, description="0 means greedy decoding.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (only when temperature > 0).")

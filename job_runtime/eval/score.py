@@ -4,7 +4,8 @@ generations without a model (``sftrl eval score ...`` runs exactly this).
 Input: JSON lines, each one of the benchmark's own rows (its official fields, as in the authors'
 files or the Hugging Face copy) plus a ``response`` field. Output: the same rows, in the same
 order, plus ``extracted`` and ``correct`` (bool) (and ``method``: which rule or the judge read the
-answer). A malformed line (not JSON, no response, a missing official field) is reported on
+answer, and ``protocol``). ``--protocol official`` (the default) reproduces the benchmark's own
+pipeline; ``--protocol strict`` is sftrl's robust scorer. A malformed line (not JSON, no response, a missing official field) is reported on
 stderr with its line number and left out; the rest is scored. The headline metric is printed on
 stdout. Paths may be local or s3:// URIs.
 
@@ -15,7 +16,7 @@ Exit codes: 0 scored (even with malformed lines), 1 no line could be scored, 2 u
 >>> d = pathlib.Path(tempfile.mkdtemp())
 >>> _ = (d / "in.jsonl").write_text(json.dumps({"unique_id": "1", "problem": "1+1", "answer": "2", "response": "\\\\boxed{2}"}) + "\\nnot json\\n")
 >>> main(["math500", "--input", str(d / "in.jsonl"), "--output", str(d / "out.jsonl")])  # doctest: +ELLIPSIS
-math500: accuracy = 1.0000 (1/1 rows scored; 1 malformed line left out)
+math500: accuracy = 1.0000 (1/1 rows scored; 1 malformed line left out; protocol official)
 0
 """
 
@@ -28,6 +29,7 @@ from typing import Any
 
 from job_runtime.io import storage
 from job_runtime.eval.benchmarks.registry import UnknownBenchmark, get, names
+from job_runtime.eval.benchmarks.base import PROTOCOLS
 from job_runtime.eval.benchmarks.scoring import default_workers, result_entry, score_rows
 
 
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("benchmark", help=f"one of: {', '.join(names())}")
     p.add_argument("--input", required=True, help="JSON lines: the benchmark's rows plus a 'response' field")
     p.add_argument("--output", required=True, help="JSON lines: the same rows plus 'extracted' and 'correct'")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="official",
+                   help="'official': the benchmark's own pipeline (default); 'strict': sftrl's robust scorer")
     p.add_argument("--workers", type=int, default=None, help="scoring processes (default: the usable CPUs, at most 8)")
     p.add_argument("--judge", default=None, help="OpenAI-compatible endpoint for answers the rules cannot find (URL[#model])")
     p.add_argument("--breakdown", action="store_true", help="also print the breakdown as JSON")
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     responses = [r["response"] for r in rows]
-    verdicts = score_rows(bench, rows, responses, workers=args.workers or default_workers())
+    verdicts = score_rows(bench, rows, responses, workers=args.workers or default_workers(), protocol=args.protocol)
     scorer = None
     if args.judge:
         from job_runtime.eval.benchmarks.judge import Judge
@@ -100,13 +104,15 @@ def main(argv: list[str] | None = None) -> int:
         judge = Judge(args.judge)
         verdicts = judge.rescue(bench, rows, responses, verdicts)
         scorer = judge.describe()
-    out = [json.dumps({**r, "extracted": v.extracted, "correct": bool(v.correct), "method": v.method}, ensure_ascii=False)
+    out = [json.dumps({**r, "extracted": v.extracted, "correct": bool(v.correct), "method": v.method,
+                       "protocol": args.protocol}, ensure_ascii=False)
            for r, v in zip(rows, verdicts)]
     _write(args.output, "\n".join(out) + "\n")
-    entry = result_entry(bench, rows, verdicts, scorer)
+    entry = result_entry(bench, rows, verdicts, scorer, args.protocol)
     correct = sum(v.correct for v in verdicts)
     left = f"; {len(problems)} malformed line{'s' if len(problems) != 1 else ''} left out" if problems else ""
-    print(f"{bench.name}: {entry['metric']} = {entry['score']:.4f} ({correct}/{len(rows)} rows scored{left})")
+    print(f"{bench.name}: {entry['metric']} = {entry['score']:.4f} ({correct}/{len(rows)} rows scored{left}; "
+          f"protocol {args.protocol})")
     if args.breakdown:
         print(json.dumps(entry["breakdown"], indent=2, sort_keys=True, default=str))
     return 0

@@ -98,10 +98,10 @@ def evaluate(bench: Benchmark, rows: list[dict[str, Any]], backend, params: Eval
         prompts += [r.prompt for r in reqs]
         responses += backend.generate(reqs)
     gen_s = time.time() - t0
-    verdicts = score_rows(bench, rows, responses, workers=1)
+    verdicts = score_rows(bench, rows, responses, workers=1, protocol=params.protocol)
     if judge is not None:
         verdicts = judge.rescue(bench, rows, responses, verdicts)
-    entry = result_entry(bench, rows, verdicts, judge.describe() if judge is not None else None)
+    entry = result_entry(bench, rows, verdicts, judge.describe() if judge is not None else None, params.protocol)
     samples = [
         {
             "benchmark": bench.name,
@@ -112,6 +112,7 @@ def evaluate(bench: Benchmark, rows: list[dict[str, Any]], backend, params: Eval
             "correct": bool(v.correct),
             "gold": bench.gold(r),
             "method": v.method,
+            "protocol": params.protocol,
         }
         for r, p, resp, v in zip(rows, prompts, responses, verdicts)
     ]

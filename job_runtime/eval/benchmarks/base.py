@@ -31,7 +31,8 @@ from job_runtime.eval.answers import extract_answer, is_correct
 from job_runtime.prompts import format_question
 
 
-SCORER = {"name": "sftrl-rules", "version": "1.0"}
+SCORER = {"name": "sftrl-rules", "version": "1.1"}
+PROTOCOLS = ("official", "strict")  # job_runtime.contract.EvalParams.protocol
 STYLES = ("study", "official")
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".tsv", ".csv")
 IMAGE_FIELDS = ("decoded_image", "image", "images", "image_path", "filename")
@@ -115,6 +116,13 @@ class Benchmark:
         return row_images(row, getattr(self, "base_dir", None), self.name)
 
     # --- scoring ---------------------------------------------------------------------------
+    def verdict(self, row: dict[str, Any], response: str, protocol: str = "official") -> Verdict:
+        """One response scored under a protocol: 'official' reproduces the benchmark's own pipeline,
+        'strict' is sftrl's robust scorer (`score`). Benchmarks whose official rules are already
+        judge-free and unambiguous score both the same way; MathVista and MathVision differ."""
+        check_protocol(protocol)
+        return self.score(row, response)
+
     def score(self, row: dict[str, Any], response: str) -> Verdict:
         """Default: extract the final answer and compare it with the gold answer."""
         pred = extract_answer(response, lenient=True)
@@ -124,6 +132,13 @@ class Benchmark:
         """(headline 0..1, breakdown): accuracy by default."""
         correct = sum(v.correct for v in verdicts)
         return (correct / len(verdicts) if verdicts else 0.0), {"correct": correct, "total": len(verdicts)}
+
+
+def check_protocol(protocol: str) -> None:
+    """Refuse an unknown scoring protocol with the fix."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"Scoring protocol '{protocol}' is unknown, because only {', '.join(PROTOCOLS)} exist. "
+                         f"Set eval.protocol (or --protocol) to one of them.")
 
 
 # --- aggregation helpers ---------------------------------------------------------------------

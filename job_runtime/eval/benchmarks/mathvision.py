@@ -1,6 +1,11 @@
 """MathVision (MATH-V): MathLLMs/MathVision, splits test (3,040 items) and testmini (304).
 
-Scoring follows the authors' evaluation/evaluate.py and utils.py, judge-free as upstream is, with
+Two protocols (`MathVision.verdict`): ``official`` (the default) is the authors' rule-based
+evaluation rule for rule (job_runtime.eval.benchmarks.mathvision_official); ``strict`` is the robust
+scorer below (`MathVision.score`): it reads answers the official rules miss ("5 cm" for 5, a
+final answer after a revised box) and refuses what they accept by accident.
+
+The strict scoring follows the authors' evaluation/evaluate.py and utils.py, judge-free as upstream is, with
 extraction made robust to how models write answers:
 
 - extraction: the last ``\\boxed{}``/<answer>/answer phrase (job_runtime.eval.answers); else upstream's
@@ -21,7 +26,8 @@ import re
 from typing import Any
 
 from job_runtime.eval.answers import LETTERS, as_sequence, choice_letter, clean_answer, find_answer, math_equal
-from job_runtime.eval.benchmarks.base import Benchmark, Verdict, accuracy_by
+from job_runtime.eval.benchmarks.base import Benchmark, Verdict, accuracy_by, check_protocol
+from job_runtime.eval.benchmarks.mathvision_official import official_verdict
 from job_runtime.eval.benchmarks.numbers import clean_latex, repair_escapes, to_number
 
 OFFICIAL_INSTRUCTION = (
@@ -106,7 +112,15 @@ class MathVision(Benchmark):
     def official_prompt(self, row: dict[str, Any]) -> str:
         return f"{self.question(row)}\n{OFFICIAL_INSTRUCTION}"
 
+    def verdict(self, row: dict[str, Any], response: str, protocol: str = "official") -> Verdict:
+        check_protocol(protocol)
+        if protocol == "official":
+            ans, ok = official_verdict(str(row["answer"]), self.options(row), response or "")
+            return Verdict(ans, ok, "official")
+        return self.score(row, response)
+
     def score(self, row: dict[str, Any], response: str) -> Verdict:
+        """The strict protocol."""
         gold = repair_escapes(str(row["answer"])).strip()
         opts = self.options(row)
         ext = extract(response)

@@ -1,6 +1,11 @@
 """MathVista (testmini, 1,000 items): AI4Math/MathVista, split testmini.
 
-Scoring follows the authors' evaluation/calculate_score.py with the GPT-4 extraction step made
+Two protocols (`MathVista.verdict`): ``official`` (the default) reproduces the authors' pipeline
+(job_runtime.eval.benchmarks.mathvista_official: a stand-in for their GPT-4 extraction, then their
+normalisation); ``strict`` is the robust scorer below (`MathVista.score`), for verdicts closer to
+the truth than to the official pipeline.
+
+The strict scoring follows the authors' evaluation/calculate_score.py with the GPT-4 extraction step made
 judge-free. The answer is extracted from the response (job_runtime.eval.answers: boxed, answer tags,
 answer phrases, then a short last line), then normalised like `normalize_extracted_answer`:
 
@@ -24,7 +29,8 @@ import re
 from typing import Any
 
 from job_runtime.eval.answers import LETTERS, as_sequence, clean_answer, extract_answer, extract_choice, nearest_choice
-from job_runtime.eval.benchmarks.base import Benchmark, Verdict, accuracy_by
+from job_runtime.eval.benchmarks import mathvista_official
+from job_runtime.eval.benchmarks.base import Benchmark, Verdict, accuracy_by, check_protocol
 from job_runtime.eval.benchmarks.numbers import clean_latex, numbers_in, to_number
 
 BREAKDOWN_KEYS = ("question_type", "answer_type", "language", "source", "category", "task", "context", "grade", "skills")
@@ -137,7 +143,11 @@ class MathVista(Benchmark):
             if resp in choices:
                 return resp
             letter, ext = extract_choice(resp, choices)
-            return letter if letter else ext
+            if letter:
+                return letter
+            # prose without a letter: "Yes, the number of ... is less", "the grasshoppers would be affected most"
+            named = mathvista_official.yes_no(resp, choices) or mathvista_official.named_option(resp, choices)
+            return named if named is not None else ext
         if row.get("answer_type") in ("integer", "float"):
             try:
                 return str(float(resp))
@@ -153,7 +163,15 @@ class MathVista(Benchmark):
             ans = _fmt_number(found[0]) if len(found) == 1 else None  # the one number of the last sentence
         return ans
 
+    def verdict(self, row: dict[str, Any], response: str, protocol: str = "official") -> Verdict:
+        check_protocol(protocol)
+        if protocol == "official":
+            pred, ok = mathvista_official.official_verdict(row, response)
+            return Verdict(pred, ok, "official")
+        return self.score(row, response)
+
     def score(self, row: dict[str, Any], response: str) -> Verdict:
+        """The strict protocol."""
         pred = normalize_prediction(self.extract(row, response), row)
         return Verdict(pred, pred is not None and pred == str(row["answer"]))
 

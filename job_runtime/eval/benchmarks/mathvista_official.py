@@ -181,7 +181,7 @@ def _fmt(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else repr(float(v))
 
 
-def _yes_no(response: str, choices: list[str]) -> str | None:
+def yes_no(response: str, choices: list[str]) -> str | None:
     low = [c.strip().lower() for c in choices]
     if sorted(low) != ["no", "yes"]:
         return None
@@ -224,7 +224,7 @@ def _option_in(sentence: str, choices: list[str]) -> str | None:
     return best
 
 
-def _named_option(response: str, choices: list[str]) -> str | None:
+def named_option(response: str, choices: list[str]) -> str | None:
     """The option the answer sentence names: the first sentence of a short answer, else the conclusion."""
     sents = _sentences(response)
     order = sents if len(sents) <= 3 else [s for s in reversed(sents) if _CONCLUSION.search(s)] + sents[:1]
@@ -243,10 +243,10 @@ def _multi_choice(response: str, choices: list[str]) -> str:
     letter = _letter_stated(response, len(choices))
     if letter:
         return letter
-    yn = _yes_no(response, choices)
+    yn = yes_no(response, choices)
     if yn is not None:
         return yn
-    named = _named_option(response, choices)
+    named = named_option(response, choices)
     if named is not None:
         return named
     value = _free_form(response)

@@ -9,8 +9,9 @@ so they start in milliseconds with the parent's modules (and caches) already loa
 >>> rows = [{"unique_id": "a", "problem": "1+1", "answer": "2"}, {"unique_id": "b", "problem": "2+2", "answer": "4"}]
 >>> [v.correct for v in score_rows(bench, rows, ["\\\\boxed{2}", "The answer is 5."])]
 [True, False]
->>> result_entry(bench, rows, score_rows(bench, rows, ["\\\\boxed{2}", "5"]))["score"]
-0.5
+>>> entry = result_entry(bench, rows, score_rows(bench, rows, ["\\\\boxed{2}", "5"], protocol="strict"), protocol="strict")
+>>> entry["score"], entry["protocol"]
+(0.5, 'strict')
 """
 
 from __future__ import annotations
@@ -19,16 +20,16 @@ import multiprocessing as mp
 import os
 from typing import Any
 
-from job_runtime.eval.benchmarks.base import SCORER, Benchmark, Verdict
+from job_runtime.eval.benchmarks.base import SCORER, Benchmark, Verdict, check_protocol
 from job_runtime.eval.benchmarks.registry import get
 
 PARALLEL_MIN_ROWS = 400  # below this, forking costs more than it saves
 
 
-def _score_chunk(args: tuple[str, list[dict[str, Any]], list[str]]) -> list[Verdict]:
-    name, rows, responses = args
+def _score_chunk(args: tuple[str, list[dict[str, Any]], list[str], str]) -> list[Verdict]:
+    name, rows, responses, protocol = args
     bench = get(name)
-    return [bench.score(r, resp) for r, resp in zip(rows, responses)]
+    return [bench.verdict(r, resp, protocol) for r, resp in zip(rows, responses)]
 
 
 def default_workers() -> int:
@@ -40,29 +41,38 @@ def default_workers() -> int:
     return max(1, min(8, n))
 
 
-def score_rows(bench: Benchmark, rows: list[dict[str, Any]], responses: list[str], workers: int = 1) -> list[Verdict]:
-    """One Verdict per (row, response), in order; `workers` > 1 forks that many processes."""
+def score_rows(
+    bench: Benchmark, rows: list[dict[str, Any]], responses: list[str], workers: int = 1, protocol: str = "official"
+) -> list[Verdict]:
+    """One Verdict per (row, response) under `protocol`, in order; `workers` > 1 forks that many processes."""
+    check_protocol(protocol)
     if len(rows) != len(responses):
         raise ValueError(f"{len(rows)} rows but {len(responses)} responses. Pass one response per row.")
     responses = [r if isinstance(r, str) else "" for r in responses]
     if workers <= 1 or len(rows) < PARALLEL_MIN_ROWS or "fork" not in mp.get_all_start_methods():
-        return [bench.score(r, resp) for r, resp in zip(rows, responses)]
+        return [bench.verdict(r, resp, protocol) for r, resp in zip(rows, responses)]
     chunks = workers * 4
     size = -(-len(rows) // chunks)
-    jobs = [(bench.name, rows[i : i + size], responses[i : i + size]) for i in range(0, len(rows), size)]
+    jobs = [(bench.name, rows[i : i + size], responses[i : i + size], protocol) for i in range(0, len(rows), size)]
     with mp.get_context("fork").Pool(workers) as pool:
         parts = pool.map(_score_chunk, jobs)
     return [v for part in parts for v in part]
 
 
 def result_entry(
-    bench: Benchmark, rows: list[dict[str, Any]], verdicts: list[Verdict], scorer: dict[str, Any] | None = None
+    bench: Benchmark,
+    rows: list[dict[str, Any]],
+    verdicts: list[Verdict],
+    scorer: dict[str, Any] | None = None,
+    protocol: str = "official",
 ) -> dict[str, Any]:
-    """The results.json entry of one benchmark: score, metric, n, breakdown, scorer."""
+    """The results.json entry of one benchmark: score, metric, n, protocol, breakdown, scorer."""
     score, breakdown = bench.aggregate(rows, verdicts)
     methods: dict[str, int] = {}
     for v in verdicts:
         methods[v.method] = methods.get(v.method, 0) + 1
     scorer = dict(scorer or SCORER)
     scorer["verdicts_by"] = methods
-    return {"score": float(score), "metric": bench.metric, "n": len(verdicts), "breakdown": breakdown, "scorer": scorer}
+    scorer["protocol"] = protocol
+    return {"score": float(score), "metric": bench.metric, "n": len(verdicts), "protocol": protocol,
+            "breakdown": breakdown, "scorer": scorer}
