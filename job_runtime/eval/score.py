@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         from job_runtime.eval.benchmarks.judge import Judge
 
         judge = Judge(args.judge)
-        verdicts = judge.rescue(bench, rows, responses, verdicts)
+        verdicts = judge.rescue(bench, rows, responses, verdicts, args.protocol)
         scorer = judge.describe()
     out = [json.dumps({**r, "extracted": v.extracted, "correct": bool(v.correct), "method": v.method,
                        "protocol": args.protocol}, ensure_ascii=False)

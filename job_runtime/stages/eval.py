@@ -100,7 +100,7 @@ def evaluate(bench: Benchmark, rows: list[dict[str, Any]], backend, params: Eval
     gen_s = time.time() - t0
     verdicts = score_rows(bench, rows, responses, workers=1, protocol=params.protocol)
     if judge is not None:
-        verdicts = judge.rescue(bench, rows, responses, verdicts)
+        verdicts = judge.rescue(bench, rows, responses, verdicts, params.protocol)
     entry = result_entry(bench, rows, verdicts, judge.describe() if judge is not None else None, params.protocol)
     samples = [
         {

@@ -76,8 +76,11 @@ class Judge:
                 time.sleep(min(2**attempt, 10))
         return None
 
-    def rescue(self, bench: Benchmark, rows: list[dict[str, Any]], responses: list[str], verdicts: list[Verdict]) -> list[Verdict]:
-        """Verdicts with the judge's extraction scored by the benchmark's rules where rules found nothing."""
+    def rescue(self, bench: Benchmark, rows: list[dict[str, Any]], responses: list[str], verdicts: list[Verdict],
+               protocol: str = "official") -> list[Verdict]:
+        """Verdicts with the judge's extraction scored by the benchmark's rules (under `protocol`) where rules
+        found nothing. Under MathVista's official protocol this is the authors' own pipeline: an LLM extracts,
+        their normalisation decides."""
         out = list(verdicts)
         for i, (row, resp, v) in enumerate(zip(rows, responses, verdicts)):
             if v.extracted is not None or not resp:
@@ -85,6 +88,6 @@ class Judge:
             answer = self.extract(bench.question(row), resp)
             if answer is None:
                 continue
-            judged = bench.score(row, f"The answer is \\boxed{{{answer}}}")
+            judged = bench.verdict(row, f"The answer is \\boxed{{{answer}}}", protocol)
             out[i] = Verdict(judged.extracted, judged.correct, "judge")
         return out

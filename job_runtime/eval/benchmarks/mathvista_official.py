@@ -124,8 +124,18 @@ def _as_number(token: str) -> str:
     return token.replace(",", "")
 
 
+_PRONOUN_BEFORE = re.compile(r"(?:\b(?:the|this|that|which|each|any|every|no|a|an|first|second|third|last|other)|\w+th)\s+$",
+                             re.IGNORECASE)
+
+
 def _numbers(sentence: str) -> list[tuple[int, str]]:
-    return [(m.start(), _as_number(m.group(0))) for m in _NUM.finditer(sentence)]
+    """(position, number) of each number, digits or a word ("two"; not "the third one", "which one")."""
+    out = []
+    for m in _NUM.finditer(sentence):
+        if m.group(0)[0].isalpha() and _PRONOUN_BEFORE.search(sentence[: m.start()]):
+            continue
+        out.append((m.start(), _as_number(m.group(0))))
+    return out
 
 
 def _stated_number(sentence: str) -> str | None:
@@ -335,6 +345,9 @@ def extract(row: dict[str, Any], response: str) -> str:
 
 
 def official_verdict(row: dict[str, Any], response: str) -> tuple[str | None, bool]:
-    """(normalised prediction, correct) under the official protocol."""
-    pred = normalize(extract(row, response), row)
-    return pred, pred is not None and pred == str(row["answer"])
+    """(normalised prediction, correct) under the official protocol; the prediction is None when the
+    response holds no answer (the verdict still follows the authors' normalisation of "N/A")."""
+    ext = extract(row, response)
+    pred = normalize(ext, row)
+    ok = pred is not None and pred == str(row["answer"])
+    return (None if ext in (NO_ANSWER, "") else pred), ok

@@ -334,9 +334,16 @@ def test_judge_rescues_only_unanswered_items(mathvista):
         bench = get("mathvista")
         rows = [mathvista["3"], mathvista["3"]]
         responses = ["\\boxed{B}", "I would go with the third one, the angle looks obtuse enough to me overall."]
-        verdicts = judge.rescue(bench, rows, responses, score_rows(bench, rows, responses))
+        strict = score_rows(bench, rows, responses, protocol="strict")
+        verdicts = judge.rescue(bench, rows, responses, strict, protocol="strict")
         assert [v.correct for v in verdicts] == [False, True] and [v.method for v in verdicts] == ["rules", "judge"]
         assert _FakeOpenAI.seen == [("/v1/chat/completions", "judge-model")]  # asked once: rules decided the first
+        # official protocol: the judge stands where the authors' GPT-4 stood; their normalisation decides
+        _FakeOpenAI.seen.clear()
+        official = score_rows(bench, rows, responses)
+        assert official[1].extracted is None  # the stand-in found no answer in the prose
+        verdicts = judge.rescue(bench, rows, responses, official)
+        assert [v.correct for v in verdicts] == [False, True] and verdicts[1].method == "judge"
         assert judge.describe()["judge"]["model"] == "judge-model"
     finally:
         server.shutdown()

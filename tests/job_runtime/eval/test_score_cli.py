@@ -29,7 +29,7 @@ def test_scores_rows_in_order_with_extracted_and_correct(tmp_path, capsys):
     assert [o["correct"] for o in out] == [True, False] * 3
     assert out[1]["extracted"] == "123456" and isinstance(out[0]["correct"], bool)
     printed = capsys.readouterr().out
-    assert "mathvision_testmini: accuracy = 0.5000 (3/6 rows scored)" in printed
+    assert "mathvision_testmini: accuracy = 0.5000 (3/6 rows scored; protocol official)" in printed
 
 
 def test_malformed_lines_are_reported_with_line_numbers(tmp_path, capsys):
@@ -44,7 +44,7 @@ def test_malformed_lines_are_reported_with_line_numbers(tmp_path, capsys):
     assert "line 2: not JSON" in err.err
     assert "line 3: not scored, because it has no 'response' string" in err.err
     assert "line 4: not scored, because it has no 'answer' field" in err.err
-    assert "(1/1 rows scored; 3 malformed lines left out)" in err.out
+    assert "(1/1 rows scored; 3 malformed lines left out; protocol official)" in err.out
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 1
 
 
@@ -70,7 +70,7 @@ def test_wemath_headline_is_the_strict_score(tmp_path, capsys):
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["wemath", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl"), "--breakdown"]) == 0
     out = capsys.readouterr().out
-    assert "wemath: score_strict = 1.0000 (6/6 rows scored)" in out and '"CM_strict": 2' in out
+    assert "wemath: score_strict = 1.0000 (6/6 rows scored; protocol official)" in out and '"CM_strict": 2' in out
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -86,11 +86,12 @@ def test_module_entry_point_and_s3(tmp_path, s3_bucket, workers):
     storage.write_text(f"{s3_bucket}/in.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     proc = subprocess.run(
         [sys.executable, "-m", "job_runtime", "score", "mathvision_testmini", "--input", f"{s3_bucket}/in.jsonl",
-         "--output", f"{s3_bucket}/out.jsonl", "--workers", workers],
+         "--output", f"{s3_bucket}/out.jsonl", "--workers", workers, "--protocol", "strict"],
         capture_output=True, text=True, cwd=ROOT, env=dict(os.environ), timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "mathvision_testmini: accuracy = 1.0000" in proc.stdout
+    # "Answer: X" is read by the strict protocol only: MATH-V's own rules need a box or "the answer is"
+    assert "mathvision_testmini: accuracy = 1.0000" in proc.stdout and "protocol strict" in proc.stdout
     assert len(storage.read_text(f"{s3_bucket}/out.jsonl").splitlines()) == len(rows)
 
 
@@ -113,6 +114,6 @@ def test_sftrl_eval_score_is_the_same_command(tmp_path):
     r = subprocess.run([*cmd, "eval", "score", "mathvision_testmini", "--input", str(tmp_path / "in.jsonl"),
                         "--output", str(tmp_path / "out.jsonl")], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
-    assert "accuracy = 1.0000 (4/4 rows scored)" in r.stdout
+    assert "accuracy = 1.0000 (4/4 rows scored; protocol official)" in r.stdout
     out = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [o["id"] for o in out] == [x["id"] for x in rows] and all(o["correct"] is True for o in out)
