@@ -1,4 +1,13 @@
-"""How often a scorer's verdict agrees with the truth, on generated responses to the real questions.
+"""How often a scorer's verdict agrees with the official verdicts (real responses) and with the truth
+(generated responses to the real questions).
+
+First table (bench/official_agreement.py): real responses of published models with each
+benchmark's official verdicts (../shared/eval-gold), scored by sftrl's ``official`` and ``strict``
+protocols and by math-verify alone: agreement, false positives and negatives, per question type,
+per source model (accuracy gap in points), and a leave-one-model-out figure.
+
+Second table, below: generated responses with known truth, scored by the ``strict`` protocol
+(``--protocol`` to change it).
 
 For each item of the real MathVista testmini and MathVision test files (../shared/benchmarks), it
 builds responses whose truth is known by construction and asks three scorers for a verdict:
@@ -29,6 +38,7 @@ so "truth" is the construction's. Percent and degree forms appear only where the
 mentions them, units only where the row or question names one.
 
     python bench/score_agreement.py [--items 1000] [--seed 0] [--hard-share 0.25] [--show 0]
+                                    [--protocol strict] [--no-official] [--no-math-verify]
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from job_runtime.eval.benchmarks.registry import get  # noqa: E402
 from job_runtime.eval.benchmarks.scoring import score_rows  # noqa: E402
@@ -357,7 +368,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hard-share", type=float, default=0.25,
                    help="share of responses in the hard styles (mid-CoT answers, cut off); overall rates depend on it")
     p.add_argument("--show", type=int, default=0, help="print this many sftrl disagreements per benchmark")
+    p.add_argument("--protocol", default="strict", choices=("official", "strict"),
+                   help="sftrl's protocol in the generated-response table")
+    p.add_argument("--no-official", action="store_true", help="skip the table on real responses with official verdicts")
+    p.add_argument("--no-math-verify", action="store_true", help="skip math-verify on the real responses (slow)")
     args = p.parse_args(argv)
+    if not args.no_official:
+        import official_agreement
+
+        print("== 1. real responses, official verdicts ==")
+        official_agreement.main(["--no-math-verify"] if args.no_math_verify else [])
+        print(f"\n== 2. generated responses, known truth (sftrl protocol: {args.protocol}) ==")
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout is disabled" on every call
     import math_verify  # noqa: F401 - start-up cost kept out of the timings
 
@@ -371,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = random.Random(args.seed).sample(rows, min(args.items, len(rows)))
         cases = generate(name, [make_item(name, r) for r in rows], args.seed, args.hard_share)
         t0 = time.perf_counter()
-        verdicts = score_rows(bench, [c["item"]["row"] for c in cases], [c["response"] for c in cases], workers=1)
+        verdicts = score_rows(bench, [c["item"]["row"] for c in cases], [c["response"] for c in cases], workers=1,
+                              protocol=args.protocol)
         t1 = time.perf_counter()
         gold_cache: dict = {}
         for c, v in zip(cases, verdicts):
