@@ -106,21 +106,23 @@ def main(argv: list[str] | None = None) -> int:
     import math_verify  # noqa: F401  - a one-time start-up cost (sympy, antlr), not throughput
 
     print(f"start-up: importing math-verify took {time.perf_counter() - t:.2f} s (not counted below)")
-    for workers in (1, args.workers):
-        _clear_caches()
-        t = time.perf_counter()
-        verdicts = score_rows(bench, rows, responses, workers=workers)
-        dt = time.perf_counter() - t
-        acc = sum(v.correct for v in verdicts) / len(verdicts)
-        print(f"workers={workers}: {len(rows) / dt:,.0f} items/s ({dt:.2f} s, accuracy {acc:.3f})")
+    for protocol in ("official", "strict"):
+        for workers in (1, args.workers):
+            _clear_caches()
+            t = time.perf_counter()
+            verdicts = score_rows(bench, rows, responses, workers=workers, protocol=protocol)
+            dt = time.perf_counter() - t
+            acc = sum(v.correct for v in verdicts) / len(verdicts)
+            print(f"protocol={protocol} workers={workers}: {len(rows) / dt:,.0f} items/s ({dt:.2f} s, accuracy {acc:.3f})")
     return 0
 
 
 def _clear_caches() -> None:
     import job_runtime.eval.answers as answers
+    import job_runtime.eval.benchmarks.latex_value as latex_value
     import job_runtime.eval.benchmarks.numbers as numbers
 
-    for fn in (answers._math_verify, answers.math_equal, numbers.to_number, numbers.evaluate):
+    for fn in (answers._math_verify, answers.math_equal, numbers.to_number, numbers.evaluate, latex_value.official_number):
         fn.cache_clear()
 
 

@@ -176,3 +176,8 @@ def test_protocols_differ_and_are_checked():
     assert bench.verdict(row, row["response"], "strict").correct  # "39°" is 39 to the strict scorer
     with pytest.raises(ValueError, match="eval.protocol"):
         bench.verdict(row, row["response"], "lenient")
+
+
+def test_mathvista_yes_or_no_leading_the_answer_wins_over_a_later_negation():
+    assert mvo.yes_no("Yes, it is not smaller than the other bar.", ["Yes", "No"]) == "Yes"
+    assert mvo.yes_no("The bar is not the tallest.", ["yes", "no"]) == "no"
