@@ -30,7 +30,8 @@ def _check_published(out_uri: str, expected: dict[str, int]) -> dict:
     assert set(results["benchmarks"]) == set(expected)
     for name, n in expected.items():
         entry = results["benchmarks"][name]
-        assert set(entry) == {"score", "metric", "n", "breakdown", "scorer"}
+        assert set(entry) == {"score", "metric", "n", "protocol", "breakdown", "scorer"}
+        assert entry["protocol"] == entry["scorer"]["protocol"] == "official"  # the default, recorded
         assert entry["n"] == n and 0.0 <= entry["score"] <= 1.0 and entry["scorer"]["name"] == "sftrl-rules"
     samples = [json.loads(x) for x in storage.read_text(f"{out_uri}/samples.jsonl").splitlines()]
     assert len(samples) == sum(expected.values())
