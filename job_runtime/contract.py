@@ -556,7 +556,7 @@ def resolve_rl(params: RLParams, algorithm: str | None, world_size: int, seed: i
         "algorithm": Setting(name, "experiment"),
         "global_batch_size": _default(params, "global_batch_size", f"{EASYR1_CONFIG}: rollout_batch_size 512"),
         "mini_batch_size": _recipe(params, "mini_batch_size", mini,
-                                   f"{EASYR1_CONFIG}: actor.global_batch_size 128 of 512" if easy else "one update"),
+                                   f"a quarter of global_batch_size ({EASYR1_CONFIG}: actor.global_batch_size 128 of 512)" if easy else "one update"),
         "updates_per_rollout_batch": Setting(updates, "derived", "global_batch_size / mini_batch_size"),
         "max_prompt_length": _recipe(params, "max_prompt_length", 2048 if easy else 4096,
                                      f"{EASYR1_CONFIG}: max_prompt_length" if easy else "sftrl"),

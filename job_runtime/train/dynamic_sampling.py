@@ -72,14 +72,19 @@ _PROMPT_COMPLETION = ("token_type_ids", "mm_token_type_ids")  # (B, P + C): prom
 _SCALARS = ("num_items_in_batch",)
 
 
+BOUND_TOLERANCE = 1e-6  # TRL's rewards are float32: a mean within this of a bound counts as on it
+
+
 def keep_groups(scores: torch.Tensor, num_generations: int, low: float, high: float) -> list[bool]:
     """EasyR1's online filter: keep a group when low < mean score < high (a NaN score: dropped).
+    EasyR1 averages exact doubles (0.99 is not < 0.99); TRL's scores are float32, so a mean within
+    `BOUND_TOLERANCE` of a bound is treated as on it.
 
     >>> keep_groups(torch.tensor([0., 0., 1., 0., 1., 1., .1, .1]), 2, 0.01, 0.99)
     [False, True, False, True]
     """
     means = scores.double().view(-1, num_generations).mean(dim=1)
-    return [bool(low < m < high) for m in means.tolist()]
+    return [bool(low + BOUND_TOLERANCE < m < high - BOUND_TOLERANCE) for m in means.tolist()]
 
 
 def update_normalisers(chunks: list[dict[str, Any]], accumulation: int, steps_per_generation: int,
