@@ -297,7 +297,7 @@ class DynamicSamplingGRPOTrainer(CheckpointWeightsMixin, GRPOTrainer):
                     f"{int(round(tries))} generations of {self.chunk} prompts (max_try_make_batch), because too few "
                     f"prompts give rollouts whose mean {self.filter_key} score lies in ({self.filter_low}, "
                     f"{self.filter_high}): the policy gets (almost) all of them right or all wrong. EasyR1 stops here "
-                    "too. Raise rl.max_try_make_batch, use filter_key accuracy, or train with grpo."
+                    "too. Raise rl.max_try_make_batch, change rl.filter_key, or train with grpo."
                 )
             per_device = self.chunk // world
             idx = draw_indices(len(self.train_dataset), per_device, self.args.seed, self.state.global_step, rank,

@@ -2,8 +2,8 @@
 Qwen2-VL (CPU, a few steps), and as pure functions on constructed groups.
 
 In the training tests the reward gives every rollout of a prompt with an even addend ("Add 4.")
-the same score (mean 0.5 for 'constant', 1.0 for 'flat') and a distinct one to the others, so we
-know exactly which groups the filter must keep.
+the score 1.0 (a group mean of 1: EasyR1's filter drops it) and a distinct score in (0, 1) to the
+rollouts of the others, so we know exactly which groups the filter must keep.
 """
 
 from __future__ import annotations
@@ -141,11 +141,11 @@ def _rows(n: int):
 
 
 def _signal_reward(completions, constant, **kwargs):
-    """0.5 for 'constant' prompts; otherwise a distinct pseudo-random value per completion text."""
+    """1.0 for 'constant' prompts; otherwise a distinct pseudo-random value in (0, 1) per completion text."""
     out = []
     for c, const in zip(completions, constant):
         text = c[0]["content"] if isinstance(c, list) else c
-        out.append(0.5 if const else int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 2**32)
+        out.append(1.0 if const else int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 2**32)
     return out
 
 
@@ -163,7 +163,7 @@ def _flat_reward(completions, **kwargs):
 
 
 def _train(tmp_path, reward, online: bool = True, steps: int | None = None, filter_key: str = "overall",
-           max_try: int = 20, global_batch: int = 4, mini_batch: int = 2, record=None):
+           max_try: int = 20, global_batch: int = 4, mini_batch: int = 2, per_device: int = 4, record=None):
     """Train with the easyr1 recipe's GRPOConfig (resolve_rl) on 16 synthetic prompts."""
     from datasets import Dataset
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
@@ -176,7 +176,7 @@ def _train(tmp_path, reward, online: bool = True, steps: int | None = None, filt
     path = tiny_model_path()
     processor = AutoProcessor.from_pretrained(path)
     model = Qwen2VLForConditionalGeneration.from_pretrained(path)
-    params = RLParams(global_batch_size=global_batch, mini_batch_size=mini_batch, per_device_batch_size=4,
+    params = RLParams(global_batch_size=global_batch, mini_batch_size=mini_batch, per_device_batch_size=per_device,
                       num_generations=4, max_completion_length=8, learning_rate=1e-4, epochs=1)
     recipe = resolve_rl(params, "dapo" if online else "grpo", 1)
     kwargs = {**recipe.trl_kwargs(), "output_dir": str(tmp_path / "trainer"), "save_strategy": "no", "report_to": [],
@@ -226,11 +226,11 @@ def _train(tmp_path, reward, online: bool = True, steps: int | None = None, filt
 
 @pytest.mark.slow
 def test_filtered_groups_never_reach_the_optimiser_and_the_batch_stays_full(tmp_path):
-    seen, history, trainer = _train(tmp_path, _signal_reward, steps=4)  # 2 rollout batches x 2 updates
-    assert len(seen) == 4 and trainer.generations == 2
+    seen, history, trainer = _train(tmp_path, _signal_reward, steps=4)  # 2 rollout batches x 2 updates x 2 micro
+    assert len(seen) == 8 and trainer.generations == 2
     for batch in seen:
-        assert len(batch["addends"]) == 8  # full micro-batch: 2 prompts x 4 rollouts
-        assert all(a % 2 == 1 for a in batch["addends"]), batch["addends"]  # no group with mean 0.5 = const
+        assert len(batch["addends"]) == 4  # full micro-batch: 4 rollouts
+        assert all(a % 2 == 1 for a in batch["addends"]), batch["addends"]  # no group with mean 1
     assert len(history) >= 1
     for h in history:
         assert h["dynamic_sampling/dropped_groups"] >= 1  # the first draw held even-addend prompts
@@ -281,8 +281,8 @@ def test_one_rollout_batch_makes_four_updates_off_the_generating_policy(tmp_path
 
     from job_runtime.builtin import synthetic  # noqa: F401 - the dataset is the first 8 of _rows(16)
 
-    seen, _, trainer = _train(tmp_path, _signal_reward, online=False, global_batch=8, mini_batch=2, steps=4,
-                              record=record)
+    seen, _, trainer = _train(tmp_path, _signal_reward, online=False, global_batch=8, mini_batch=2, per_device=8,
+                              steps=4, record=record)
     assert trainer.state.global_step == 4 and trainer.generations == 1
     assert [c[0] for c in checks] == [0, 1, 2, 3]
     for step, vs_generating, vs_current in checks:
@@ -293,3 +293,36 @@ def test_one_rollout_batch_makes_four_updates_off_the_generating_policy(tmp_path
             assert vs_current > 1e-4, step  # later updates: the policy moved, the ratio (and clipping) acts
     for b in seen:  # per-update normaliser, one device, 1 micro-batch per update: nib x 1 / 4 = its tokens
         assert b["nib"] * 1 / 4 == b["tokens"]
+
+
+@pytest.mark.slow
+def test_two_devices_filter_their_own_groups_and_share_one_normaliser_per_update(tmp_path):
+    """torchrun, 2 processes (gloo): each device filters its own slice of TRL's gathered rewards (no
+    group with constant rewards reaches either device's optimiser), and every micro-batch of an
+    update carries the update's tokens summed over both devices (x steps_per_generation / accumulation)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(Path(__file__).with_name("ddp_filter_worker.py")), str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    acc, spg = ranks[0]["accumulation"], ranks[0]["steps_per_generation"]
+    # 8 prompts x 4 rollouts = 4 micro-batches of 4 per device; updates of 4 prompts = 2 micro-batches each.
+    assert (acc, spg) == (2, 4)
+    for r in ranks:
+        assert len(r["seen"]) == 4
+        for b in r["seen"]:
+            assert all(a % 2 == 1 for a in b["addends"]), b["addends"]  # each device dropped its constant groups
+    for u in range(2):  # update u: one normaliser on both devices, from both devices' tokens of that update
+        micro = (2 * u, 2 * u + 1)
+        tokens = sum(r["seen"][i]["tokens"] for r in ranks for i in micro)
+        for r in ranks:
+            for i in micro:
+                assert r["seen"][i]["nib"] == tokens * spg / acc, (u, i)
