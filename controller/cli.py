@@ -54,6 +54,15 @@ def stage_done(plan: Plan) -> dict[str, bool]:
 def cmd_plan(args: argparse.Namespace) -> int:
     exp = _load(args.file)
     plan = build_plan(exp)
+    if args.explain or args.stage:
+        from controller.explain import ExplainError, explain
+
+        try:
+            _say(explain(exp, plan, args.stage).rstrip("\n"))
+        except ExplainError as e:
+            print(e, file=sys.stderr)
+            return EXIT_USAGE
+        return 0
     done: dict[str, bool] = {}
     if not args.no_status:
         try:
@@ -197,7 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plan", help="show the runs and stages of an experiment, and which are done")
     pl.add_argument("file")
+    pl.add_argument("stage", nargs="?", help="with --explain: one stage id (or unique prefix)")
     pl.add_argument("--no-status", action="store_true", help="do not read storage")
+    pl.add_argument("--explain", action="store_true",
+                    help="print each training stage's resolved TRL arguments, pixel bounds and frozen modules, with sources")
     pl.set_defaults(func=cmd_plan)
 
     r = sub.add_parser("run", help="run the whole matrix on this machine, then print the results")

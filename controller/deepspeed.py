@@ -244,12 +244,16 @@ def render_deepspeed(
 
 
 def per_step_sequences(kind: str, params: dict[str, Any]) -> int:
-    """Sequences per optimiser step: SFT examples, or RL prompts x rollouts per prompt.
+    """Sequences per optimiser step: SFT examples, or RL mini-batch prompts x rollouts per prompt.
 
-    >>> per_step_sequences("rl", {"global_batch_size": 512, "num_generations": 10})
-    5120
+    >>> per_step_sequences("rl", {"global_batch_size": 512, "num_generations": 10})   # easyr1: 128-prompt updates
+    1280
     """
-    return params["global_batch_size"] * (params["num_generations"] if kind == "rl" else 1)
+    if kind == "rl":
+        from job_runtime.contract import rl_sequences_per_update
+
+        return rl_sequences_per_update(params)
+    return params["global_batch_size"]
 
 
 def accumulation_steps(global_batch_size: int, per_device_batch: int, world_size: int) -> int:

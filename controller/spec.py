@@ -163,7 +163,7 @@ class ExperimentSpec(_Strict):
             try:
                 accumulation_steps(per_step, params.per_device_batch_size, world)
             except ValueError as e:
-                what = "global_batch_size x num_generations" if kind == "rl" else "global_batch_size"
+                what = "mini_batch_size x num_generations" if kind == "rl" else "global_batch_size"
                 out.append(f"{kind}.{what} does not fit resources.{kind}: {e}")
         return out
 

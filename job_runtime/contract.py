@@ -11,16 +11,21 @@ knob has one definition, one default and one help text.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SCHEMA_VERSION = "sftrl/v1"
 
 StageKind = Literal["sft", "rl", "eval"]
 STAGE_KINDS: tuple[str, ...] = ("sft", "rl", "eval")
 Algorithm = Literal["grpo", "dapo"]
+RLRecipe = Literal["easyr1", "trl"]
+SFTRecipe = Literal["llamafactory", "trl"]
+AccuracyRule = Literal["mathruler", "lenient"]
+FilterKey = Literal["overall", "accuracy"]
 
 # --- exit codes -----------------------------------------------------------------------------
 # The training operator's ExitCode restart policy retries 128-255 and gives up on 1-127.
@@ -38,17 +43,37 @@ class _Strict(BaseModel):
 
 
 class SFTParams(_Strict):
-    """Supervised fine-tuning on verified reasoning traces (paper: LLaMA-Factory settings)."""
+    """Supervised fine-tuning on verified reasoning traces (paper: LLaMA-Factory settings).
 
+    Fields left unset (None) take the value of ``recipe``; `resolve_sft` says which and why.
+    """
+
+    recipe: SFTRecipe = Field(
+        "llamafactory",
+        description="'llamafactory': the study's SFT (LLaMA-Factory examples/train_full/qwen2_5vl_full_sft.yaml: "
+        "vision tower and projector frozen, cutoff 2048, images <= 262144 px); 'trl': TRL's SFTConfig defaults.",
+    )
     epochs: float = Field(3.0, gt=0, description="Passes over the training subset.")
     learning_rate: float = Field(1.0e-5, gt=0, description="Peak learning rate.")
     global_batch_size: int = Field(
         128, ge=1, description="Sequences per optimiser step = per-device batch x accumulation x world size."
     )
     per_device_batch_size: int = Field(4, ge=1, description="Sequences per device per forward pass.")
-    lr_scheduler_type: str = Field("cosine", description="Any transformers scheduler name.")
-    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps spent warming up.")
-    max_length: int = Field(4096, ge=16, description="Longest tokenised example; longer ones are truncated.")
+    lr_scheduler_type: str | None = Field(None, description="Any transformers scheduler name (recipe: cosine / linear).")
+    warmup_ratio: float | None = Field(None, ge=0, lt=1, description="Share of steps spent warming up (recipe: 0.1 / 0).")
+    max_length: int | None = Field(
+        None, ge=16, description="Longest tokenised example, longer ones truncated (recipe: cutoff_len 2048 / 1024)."
+    )
+    freeze_vision_tower: bool | None = Field(None, description="Keep the vision encoder's weights (recipe: true / false).")
+    freeze_multi_modal_projector: bool | None = Field(
+        None, description="Keep the vision-to-language merger's weights (recipe: true / false)."
+    )
+    image_max_pixels: int | None = Field(
+        None, ge=1, description="Downscale larger images to this many pixels (recipe: 262144 / processor default)."
+    )
+    image_min_pixels: int | None = Field(
+        None, ge=1, description="Upscale smaller images to this many pixels (recipe: 1024 / processor default)."
+    )
     gradient_checkpointing: bool = Field(True, description="Trade compute for activation memory.")
     save_steps: int = Field(500, ge=1, description="Save (and sync to storage) a checkpoint every N steps.")
     trl: dict[str, Any] = Field(
@@ -61,6 +86,12 @@ class RewardWeights(_Strict):
 
     accuracy: float = Field(0.9, ge=0, description="Weight of the verified-answer reward.")
     format: float = Field(0.1, ge=0, description="Weight of the <think>...</think>...\\boxed{} format reward.")
+    accuracy_rule: AccuracyRule | None = Field(
+        None,
+        description="'mathruler': the last \\boxed{} of the response graded by mathruler's grade_answer, no box = 0 "
+        "(EasyR1 examples/reward_function/math.py); 'lenient': sftrl's eval extraction (after </think>, 'answer is', "
+        "<answer> tags, letters). Default: the recipe's (easyr1: mathruler, trl: lenient).",
+    )
     custom: dict[str, float] = Field(
         default_factory=dict,
         description="Extra rewards by dotted import path (module.function) -> weight.",
@@ -77,40 +108,86 @@ class DeceptiveParams(_Strict):
 
 
 class RLParams(_Strict):
-    """GRPO / DAPO (paper: EasyR1 settings)."""
+    """GRPO / DAPO (paper: EasyR1 settings).
 
+    Fields left unset (None) take the value of ``recipe``; `resolve_rl` says which and why.
+    """
+
+    recipe: RLRecipe = Field(
+        "easyr1",
+        description="'easyr1': the study's RL (EasyR1 examples/config.yaml and its DAPO example); 'trl': TRL's "
+        "GRPOConfig defaults (one update per rollout batch, no KL) with the DAPO paper's choices for dapo.",
+    )
     epochs: float = Field(2.0, gt=0, description="Passes over the training prompts.")
     learning_rate: float = Field(1.0e-6, gt=0, description="Peak learning rate.")
     global_batch_size: int = Field(
-        512, ge=1, description="Prompts per optimiser step (each prompt yields num_generations rollouts)."
+        512, ge=1, description="Prompts per rollout batch (EasyR1 data.rollout_batch_size); each gets num_generations rollouts."
+    )
+    mini_batch_size: int | None = Field(
+        None, ge=1,
+        description="Prompts per optimiser update (EasyR1 worker.actor.global_batch_size); must divide "
+        "global_batch_size. Default: easyr1 a quarter of it (512 / 128: 4 updates per rollout batch), trl all of it.",
     )
     per_device_batch_size: int = Field(
         8, ge=1, description="Completions per device per forward pass (TRL's per_device_train_batch_size)."
     )
     num_generations: int = Field(10, ge=2, description="Rollouts per prompt (a GRPO group); must be >= 2.")
-    max_prompt_length: int = Field(4096, ge=8, description="Longest prompt in tokens.")
+    max_prompt_length: int | None = Field(
+        None, ge=8, description="Longest prompt in tokens, image tokens included; longer are skipped (recipe: 2048 / 4096)."
+    )
     max_completion_length: int = Field(2048, ge=1, description="Longest rollout in tokens.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of rollouts.")
-    beta: float = Field(
-        0.0, ge=0,
-        description="KL coefficient against a reference model (0: none, as DAPO and TRL's default; EasyR1 uses 1e-2).",
+    beta: float | None = Field(
+        None, ge=0, description="KL coefficient (k3 = EasyR1's low_var_kl) against the start policy (recipe easyr1: "
+        "1e-2 for grpo, 0 for dapo; trl: 0).",
     )
     epsilon: float = Field(0.2, gt=0, description="Lower clip range of the policy ratio.")
     epsilon_high: float | None = Field(
-        None, gt=0, description="Upper clip range (DAPO clip-higher); default: epsilon for grpo, 0.28 for dapo."
+        None, gt=0, description="Upper clip range (recipe easyr1: 0.3 grpo, 0.28 dapo; trl: epsilon, 0.28 dapo)."
     )
-    dynamic_sampling: bool | None = Field(
-        None, description="Drop zero-variance groups and refill the batch (default: on for dapo only)."
+    dual_clip: float | None = Field(
+        None, gt=1, description="Dual-clip constant C: the loss of a negative-advantage token is capped at C x |A| "
+        "(TRL's delta; recipe easyr1: 3.0, trl: none).",
     )
-    dynamic_sampling_max_rounds: int = Field(
-        10, ge=1, description="Generation rounds per step to refill dropped groups (verl's DAPO: 10)."
+    lr_scheduler_type: str | None = Field(None, description="Any transformers scheduler (recipe: constant / linear).")
+    weight_decay: float | None = Field(None, ge=0, description="AdamW weight decay (recipe: 1e-2 / 0).")
+    online_filtering: bool | None = Field(
+        None, description="Keep only groups whose mean filter_key score lies in (filter_low, filter_high), generating "
+        "more until the rollout batch is full (default: on for dapo only).",
+    )
+    filter_key: FilterKey | None = Field(
+        None, description="'overall': the weighted total reward (EasyR1's default); 'accuracy': the accuracy reward "
+        "(the DAPO paper's). Default: easyr1 overall, trl accuracy.",
+    )
+    filter_low: float = Field(0.01, ge=0, le=1, description="Groups with a mean score at or below this are dropped.")
+    filter_high: float = Field(0.99, ge=0, le=1, description="Groups with a mean score at or above this are dropped.")
+    mini_rollout_batch_size: int | None = Field(
+        None, ge=1, description="Prompts per extra generation while filtering (EasyR1 data.mini_rollout_batch_size; "
+        "default: 128 as in EasyR1's DAPO example, at most global_batch_size).",
+    )
+    max_try_make_batch: int = Field(
+        20, ge=1, description="Generations of mini_rollout_batch_size prompts per rollout batch before the stage fails "
+        "for lack of signal (EasyR1 trainer.max_try_make_batch).",
     )
     overlong_buffer: int | None = Field(
-        None, ge=0, description="DAPO soft overlong penalty buffer in tokens (default: 0 for grpo, 1/8 of max for dapo)."
+        None, ge=0, description="DAPO soft overlong penalty buffer in tokens (recipe easyr1: 0; trl: max/8 for dapo)."
+    )
+    min_pixels: int | None = Field(
+        None, ge=1, description="Upscale smaller images to this many pixels before the processor (recipe: 262144 / none)."
+    )
+    max_pixels: int | None = Field(
+        None, ge=1, description="Downscale larger images to this many pixels before the processor (recipe: 4194304 / none)."
     )
     reward: RewardWeights = Field(default_factory=RewardWeights, description="Reward composition.")
-    heldout_every_steps: int = Field(10, ge=1, description="Evaluate held-out accuracy every N optimiser steps.")
+    heldout_every_steps: int | None = Field(
+        None, ge=1, description="Evaluate held-out accuracy every N optimiser steps (recipe easyr1: every 5 rollout "
+        "batches, EasyR1 trainer.val_freq; trl: 10).",
+    )
+    heldout_temperature: float | None = Field(
+        None, ge=0, description="Held-out sampling temperature, 0 = greedy (recipe: 0.6 / 0)."
+    )
+    heldout_top_p: float | None = Field(None, gt=0, le=1, description="Held-out nucleus sampling (recipe: 0.95 / 1.0).")
     heldout_size: int = Field(256, ge=1, description="Items of the fixed held-out set.")
     save_steps: int = Field(50, ge=1, description="Save (and sync to storage) a checkpoint every N steps.")
     use_vllm: bool | None = Field(None, description="Generate with vLLM (colocate); default: when importable.")
@@ -118,6 +195,16 @@ class RLParams(_Strict):
     trl: dict[str, Any] = Field(
         default_factory=dict, description="Any other trl.GRPOConfig field, passed through unchanged."
     )
+
+    @model_validator(mode="after")
+    def _layout(self) -> RLParams:
+        if self.filter_low >= self.filter_high:
+            raise ValueError(
+                f"filter_low ({self.filter_low}) must be below filter_high ({self.filter_high}), because groups are "
+                "kept when their mean score lies strictly between them. Lower filter_low or raise filter_high."
+            )
+        rl_mini_batch_size(self)  # raises when the mini-batch does not divide the rollout batch
+        return self
 
 
 # The registered benchmarks (job_runtime.eval.benchmarks.registry; a test keeps the two equal), here so
@@ -269,3 +356,292 @@ TRAIN_METRICS: dict[str, tuple[str, str]] = {
 }
 PUSH_JOB = "sftrl"  # Pushgateway grouping key {job: sftrl, stage: <stage id>} (runtime pushes, operator deletes)
 EVAL_ACCURACY_METRIC = ("sftrl_eval_accuracy_ratio", "Headline score of a benchmark (label: benchmark).")
+
+
+# --- the recipe: what each unset training field resolves to, and why -----------------------------
+# Pure functions shared by the sft/rl stages (which build TRL's configs from them) and by
+# `sftrl plan --explain` (which prints them): one resolution, in one place. Sources: EasyR1
+# (hiyouga/EasyR1) examples/config.yaml, verl/workers/actor/config.py, verl/trainer/core_algos.py,
+# examples/reward_function/math.py, examples/qwen2_5_vl_7b_geo3k_dapo.sh; LLaMA-Factory
+# (hiyouga/LLaMA-Factory) examples/train_full/qwen2_5vl_full_sft.yaml, hparams/model_args.py.
+
+EASYR1_CONFIG = "EasyR1 examples/config.yaml"
+EASYR1_ACTOR = "EasyR1 verl/workers/actor/config.py"
+EASYR1_DAPO = "EasyR1 examples/qwen2_5_vl_7b_geo3k_dapo.sh"
+LLAMAFACTORY_SFT = "LLaMA-Factory examples/train_full/qwen2_5vl_full_sft.yaml"
+EASYR1_UPDATES_PER_ROLLOUT = 4  # EasyR1: rollout_batch_size 512 / worker.actor.global_batch_size 128
+EASYR1_VAL_FREQ = 5  # EasyR1 trainer.val_freq, in rollout batches
+RL_KEEP_CHECKPOINTS = 3  # complete checkpoints kept in storage
+SFT_KEEP_CHECKPOINTS = 2
+
+# TRL 1.16's defaults of every field the resolution may set (tests/job_runtime/test_recipe.py keeps
+# them equal to trl's dataclasses), so the controller can tell what differs without importing TRL.
+TRL_GRPO_DEFAULTS: dict[str, Any] = {
+    "num_train_epochs": 3.0, "learning_rate": 1e-6, "per_device_train_batch_size": 8,
+    "gradient_accumulation_steps": 1, "steps_per_generation": None, "num_generations": 8,
+    "max_completion_length": 512, "temperature": 1.0, "top_p": 1.0, "beta": 0.0, "epsilon": 0.2,
+    "epsilon_high": None, "delta": None, "loss_type": "dapo", "lr_scheduler_type": "linear", "weight_decay": 0.0,
+    "use_bias_correction_kl": True, "vllm_importance_sampling_correction": True, "seed": 42, "logging_steps": 10,
+    "save_steps": 500, "save_total_limit": None, "disable_tqdm": None,
+}
+TRL_SFT_DEFAULTS: dict[str, Any] = {
+    "num_train_epochs": 3.0, "learning_rate": 2e-5, "per_device_train_batch_size": 8,
+    "gradient_accumulation_steps": 1, "lr_scheduler_type": "linear", "warmup_steps": 0, "max_length": 1024,
+    "gradient_checkpointing": True, "completion_only_loss": None, "seed": 42, "logging_steps": 10,
+    "save_steps": 500, "save_total_limit": None, "disable_tqdm": None,
+}
+
+
+class RecipeError(ValueError):
+    """A training setting cannot be resolved; the message names the field and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One resolved value and where it came from: 'recipe <name>', 'experiment', 'default' (the
+    field's own default, the paper's value), 'derived' (computed from others) or 'sftrl'."""
+
+    value: Any
+    source: str
+    note: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """A stage's resolved training settings: TRL config fields, and what sftrl does around TRL."""
+
+    trl: dict[str, Setting]
+    runtime: dict[str, Setting]
+
+    def trl_kwargs(self) -> dict[str, Any]:
+        return {k: s.value for k, s in self.trl.items()}
+
+    def __getitem__(self, key: str) -> Any:
+        return (self.runtime[key] if key in self.runtime else self.trl[key]).value
+
+
+def divide_batch(total: int, per_device: int, world_size: int, what: str, why: str) -> int:
+    """Accumulation steps so that per_device x steps x world_size == total, or a RecipeError naming the numbers.
+
+    >>> divide_batch(128, 4, 8, "sft.global_batch_size", "")
+    4
+    """
+    per_pass = per_device * world_size
+    if total % per_pass:
+        lower, upper = total // per_pass * per_pass, (total // per_pass + 1) * per_pass
+        examples = f"{lower} or {upper}" if lower else f"{upper}"
+        raise RecipeError(
+            f"{what} {total} does not divide into per_device_batch_size x world_size = {per_device} x {world_size} = "
+            f"{per_pass}, {why}. Use a multiple of {per_pass} (e.g. {examples}), or change per_device_batch_size."
+        )
+    return total // per_pass
+
+
+def rl_mini_batch_size(params: RLParams) -> int:
+    """Prompts per optimiser update: rl.mini_batch_size, else the recipe's share of the rollout batch.
+
+    >>> rl_mini_batch_size(RLParams()), rl_mini_batch_size(RLParams(recipe="trl"))
+    (128, 512)
+    """
+    g = params.global_batch_size
+    if params.mini_batch_size is not None:
+        mini = params.mini_batch_size
+    elif params.recipe == "easyr1":
+        if g % EASYR1_UPDATES_PER_ROLLOUT:
+            raise RecipeError(
+                f"rl.global_batch_size {g} is not a multiple of {EASYR1_UPDATES_PER_ROLLOUT}, because the easyr1 recipe "
+                f"updates the policy {EASYR1_UPDATES_PER_ROLLOUT} times per rollout batch ({EASYR1_CONFIG}: 512 prompts, "
+                f"mini-batches of 128). Set rl.mini_batch_size to a divisor of {g}, or use a multiple of 4."
+            )
+        mini = g // EASYR1_UPDATES_PER_ROLLOUT
+    else:
+        mini = g
+    if mini > g or g % mini:
+        raise RecipeError(
+            f"rl.mini_batch_size {mini} does not divide rl.global_batch_size {g}, because every rollout batch is split "
+            f"into whole mini-batches, one optimiser update each. Use a divisor of {g}."
+        )
+    return mini
+
+
+def rl_sequences_per_update(params: dict[str, Any] | RLParams) -> int:
+    """Completions per optimiser update: mini-batch prompts x rollouts (what DeepSpeed's batch must equal).
+
+    >>> rl_sequences_per_update({"global_batch_size": 512, "num_generations": 10})
+    1280
+    """
+    p = params if isinstance(params, RLParams) else RLParams.model_validate(params)
+    return rl_mini_batch_size(p) * p.num_generations
+
+
+def _default(params: BaseModel, name: str, note: str = "") -> Setting:
+    value = getattr(params, name)
+    given = value != type(params).model_fields[name].get_default(call_default_factory=True)
+    return Setting(value, "experiment" if given else "default", "" if given else note)
+
+
+def _recipe(params: BaseModel, name: str, value: Any, note: str, owner: Any = None) -> Setting:
+    own = getattr(owner if owner is not None else params, name)
+    if own is not None:
+        return Setting(own, "experiment")
+    return Setting(value, f"recipe {params.recipe}", note)  # type: ignore[attr-defined]
+
+
+def resolve_rl(params: RLParams, algorithm: str | None, world_size: int, seed: int = 0) -> Resolved:
+    """The GRPOConfig fields and the sftrl behaviour of an rl stage, each with its source.
+
+    >>> r = resolve_rl(RLParams(), "grpo", world_size=8)
+    >>> r["gradient_accumulation_steps"], r["steps_per_generation"], r["beta"], r["epsilon_high"], r["delta"]
+    (20, 80, 0.01, 0.3, 3.0)
+    >>> r = resolve_rl(RLParams(recipe="trl"), "dapo", world_size=8)
+    >>> r["gradient_accumulation_steps"], "steps_per_generation" in r.trl, r["beta"], r["filter_key"], r["overlong_buffer"]
+    (80, False, 0.0, 'accuracy', 256)
+    """
+    name = algorithm or "grpo"
+    if name not in ("grpo", "dapo"):
+        raise RecipeError(f"algorithm '{name}' is unknown, because only grpo and dapo exist. Use one of them.")
+    dapo, easy = name == "dapo", params.recipe == "easyr1"
+    g, n = params.global_batch_size, params.num_generations
+    mini = rl_mini_batch_size(params)
+    why = "because TRL counts its batches in completions (per_device_batch_size x gradient_accumulation x world_size)"
+    accum = divide_batch(mini * n, params.per_device_batch_size, world_size,
+                         f"rl.mini_batch_size x rl.num_generations = {mini} x {n} =", why)
+    updates = g // mini
+    buffer = _recipe(params, "overlong_buffer", 0 if easy or not dapo else params.max_completion_length // 8,
+                     f"none in {EASYR1_DAPO}" if easy else "DAPO paper: max_completion_length / 8")
+    if buffer.value >= params.max_completion_length:
+        raise RecipeError(
+            f"rl.overlong_buffer ({buffer.value}) must be below rl.max_completion_length ({params.max_completion_length}), "
+            "because the penalty ramps over the last `overlong_buffer` tokens. Lower it."
+        )
+    eps_high = 0.28 if dapo else (0.3 if easy else None)
+    trl: dict[str, Setting] = {
+        "num_train_epochs": _default(params, "epochs", "paper: 2 epochs"),
+        "learning_rate": _default(params, "learning_rate", "paper: 1e-6"),
+        "per_device_train_batch_size": _default(params, "per_device_batch_size"),
+        "gradient_accumulation_steps": Setting(accum, "derived", f"{mini} prompts x {n} rollouts per update / "
+                                                                 f"({params.per_device_batch_size} per device x {world_size} devices)"),
+        "num_generations": _default(params, "num_generations", "paper: 10 rollouts"),
+        "max_completion_length": _default(params, "max_completion_length", f"{EASYR1_CONFIG}: max_response_length"),
+        "temperature": _default(params, "temperature", f"{EASYR1_CONFIG}: rollout.temperature"),
+        "top_p": _default(params, "top_p", f"{EASYR1_CONFIG}: rollout.top_p"),
+        "beta": _recipe(params, "beta", 0.01 if easy and not dapo else 0.0,
+                        f"{EASYR1_DAPO}: disable_kl" if easy and dapo else
+                        (f"{EASYR1_CONFIG}: use_kl_loss, low_var_kl, kl_coef 1e-2" if easy else "TRL default")),
+        "epsilon": _default(params, "epsilon", f"{EASYR1_ACTOR}: clip_ratio_low"),
+        "epsilon_high": _recipe(params, "epsilon_high", eps_high,
+                                (f"{EASYR1_DAPO}: clip_ratio_high" if dapo else f"{EASYR1_ACTOR}: clip_ratio_high")
+                                if easy else ("DAPO paper" if dapo else "TRL default: epsilon")),
+        "delta": _recipe(params, "dual_clip", 3.0 if easy else None, f"{EASYR1_ACTOR}: clip_ratio_dual" if easy else ""),
+        "loss_type": Setting("dapo", "derived", "token mean over the update's tokens on all devices "
+                                                "(EasyR1 loss_avg_mode: token)"),
+        "lr_scheduler_type": _recipe(params, "lr_scheduler_type", "constant" if easy else "linear",
+                                     f"{EASYR1_ACTOR}: lr_scheduler_type, lr_warmup_ratio 0" if easy else "TRL default"),
+        "weight_decay": _recipe(params, "weight_decay", 0.01 if easy else 0.0,
+                                f"{EASYR1_CONFIG}: optim.weight_decay" if easy else "TRL default"),
+        "seed": Setting(seed, "derived", "the run's seed"),
+        "logging_steps": Setting(1, "sftrl", "a metrics row per optimiser step"),
+        "save_steps": _default(params, "save_steps"),
+        "save_total_limit": Setting(RL_KEEP_CHECKPOINTS, "sftrl", "complete checkpoints kept in storage"),
+        "disable_tqdm": Setting(True, "sftrl", "one log line per step instead"),
+    }
+    if updates > 1:
+        trl["steps_per_generation"] = Setting(accum * updates, "derived",
+                                              f"{g} prompts per rollout batch = {updates} updates of {mini}")
+    if easy:
+        trl["use_bias_correction_kl"] = Setting(False, "recipe easyr1", "EasyR1's KL term has no importance weight")
+        trl["vllm_importance_sampling_correction"] = Setting(
+            False, "recipe easyr1", "EasyR1 recomputes old log-probs with the actor, no vLLM-ratio correction")
+    for key, value in params.trl.items():
+        trl[key] = Setting(value, "experiment", "rl.trl")
+    online = _recipe(params, "online_filtering", dapo, "on for dapo")
+    updates_note = f"{EASYR1_VAL_FREQ} rollout batches x {updates} updates ({EASYR1_CONFIG}: trainer.val_freq)"
+    runtime = {
+        "recipe": Setting(params.recipe, "experiment" if params.recipe != "easyr1" else "default"),
+        "algorithm": Setting(name, "experiment"),
+        "global_batch_size": _default(params, "global_batch_size", f"{EASYR1_CONFIG}: rollout_batch_size 512"),
+        "mini_batch_size": _recipe(params, "mini_batch_size", mini,
+                                   f"a quarter of global_batch_size ({EASYR1_CONFIG}: actor.global_batch_size 128 of 512)" if easy else "one update"),
+        "updates_per_rollout_batch": Setting(updates, "derived", "global_batch_size / mini_batch_size"),
+        "max_prompt_length": _recipe(params, "max_prompt_length", 2048 if easy else 4096,
+                                     f"{EASYR1_CONFIG}: max_prompt_length" if easy else "sftrl"),
+        "min_pixels": _recipe(params, "min_pixels", 262144 if easy else None,
+                              f"{EASYR1_CONFIG}: data.min_pixels" if easy else "processor default"),
+        "max_pixels": _recipe(params, "max_pixels", 4194304 if easy else None,
+                              f"{EASYR1_CONFIG}: data.max_pixels" if easy else "processor default"),
+        "reward": Setting({"accuracy": params.reward.accuracy, "format": params.reward.format, **params.reward.custom},
+                          _default(params, "reward").source, "EasyR1 math.py: 0.9 x accuracy + 0.1 x format"),
+        "accuracy_rule": _recipe(params, "accuracy_rule", "mathruler" if easy else "lenient",
+                                 "EasyR1 examples/reward_function/math.py" if easy else "sftrl eval extraction",
+                                 owner=params.reward),
+        "online_filtering": online,
+        "overlong_buffer": buffer,
+        "heldout_every_steps": _recipe(params, "heldout_every_steps", EASYR1_VAL_FREQ * updates if easy else 10,
+                                       updates_note if easy else "sftrl"),
+        "heldout_temperature": _recipe(params, "heldout_temperature", 0.6 if easy else 0.0,
+                                       f"{EASYR1_CONFIG}: val_override_config" if easy else "greedy"),
+        "heldout_top_p": _recipe(params, "heldout_top_p", 0.95 if easy else 1.0,
+                                 f"{EASYR1_CONFIG}: val_override_config" if easy else ""),
+    }
+    if online.value:
+        chunk = _recipe(params, "mini_rollout_batch_size", min(128, g), f"{EASYR1_DAPO}: data.mini_rollout_batch_size=128")
+        if chunk.value % world_size:
+            raise RecipeError(
+                f"rl.mini_rollout_batch_size {chunk.value} is not a multiple of the world size {world_size}, because "
+                f"every device generates the same number of prompts. Use a multiple of {world_size}."
+            )
+        runtime |= {
+            "filter_key": _recipe(params, "filter_key", "overall" if easy else "accuracy",
+                                  f"{EASYR1_CONFIG}: algorithm.filter_key" if easy else "DAPO paper"),
+            "filter_low": _default(params, "filter_low", f"{EASYR1_CONFIG}: algorithm.filter_low"),
+            "filter_high": _default(params, "filter_high", f"{EASYR1_CONFIG}: algorithm.filter_high"),
+            "mini_rollout_batch_size": chunk,
+            "max_try_make_batch": _default(params, "max_try_make_batch", f"{EASYR1_CONFIG}: trainer.max_try_make_batch"),
+        }
+    return Resolved(trl, runtime)
+
+
+def resolve_sft(params: SFTParams, world_size: int, seed: int = 0) -> Resolved:
+    """The SFTConfig fields and the sftrl behaviour of an sft stage, each with its source.
+
+    >>> r = resolve_sft(SFTParams(), world_size=8)
+    >>> r["gradient_accumulation_steps"], r["max_length"], r["freeze_vision_tower"], r["image_max_pixels"]
+    (4, 2048, True, 262144)
+    >>> resolve_sft(SFTParams(recipe="trl"), 8)["freeze_vision_tower"]
+    False
+    """
+    lf = params.recipe == "llamafactory"
+    accum = divide_batch(params.global_batch_size, params.per_device_batch_size, world_size, "sft.global_batch_size",
+                         "because global batch = per-device batch x accumulation x world size")
+    src = LLAMAFACTORY_SFT if lf else "TRL default"
+    trl: dict[str, Setting] = {
+        "num_train_epochs": _default(params, "epochs", "paper: 3 epochs"),
+        "learning_rate": _default(params, "learning_rate", "paper: 1e-5"),
+        "per_device_train_batch_size": _default(params, "per_device_batch_size"),
+        "gradient_accumulation_steps": Setting(accum, "derived", f"{params.global_batch_size} sequences per step / "
+                                                                 f"({params.per_device_batch_size} per device x {world_size} devices)"),
+        "lr_scheduler_type": _recipe(params, "lr_scheduler_type", "cosine" if lf else "linear", src),
+        "warmup_steps": _recipe(params, "warmup_ratio", 0.1 if lf else 0, f"{src}: warmup_ratio" if lf else src),
+        "max_length": _recipe(params, "max_length", 2048 if lf else 1024, f"{src}: cutoff_len" if lf else src),
+        "gradient_checkpointing": _default(params, "gradient_checkpointing"),
+        "completion_only_loss": Setting(True, "sftrl", "loss on the assistant's trace only"),
+        "seed": Setting(seed, "derived", "the run's seed"),
+        "logging_steps": Setting(1, "sftrl", "a metrics row per optimiser step"),
+        "save_steps": _default(params, "save_steps"),
+        "save_total_limit": Setting(SFT_KEEP_CHECKPOINTS, "sftrl", "complete checkpoints kept in storage"),
+        "disable_tqdm": Setting(True, "sftrl", "one log line per step instead"),
+    }
+    for key, value in params.trl.items():
+        trl[key] = Setting(value, "experiment", "sft.trl")
+    runtime = {
+        "recipe": Setting(params.recipe, "experiment" if not lf else "default"),
+        "global_batch_size": _default(params, "global_batch_size", "paper: 128"),
+        "freeze_vision_tower": _recipe(params, "freeze_vision_tower", lf, f"{src}: freeze_vision_tower" if lf else src),
+        "freeze_multi_modal_projector": _recipe(params, "freeze_multi_modal_projector", lf,
+                                                f"{src}: freeze_multi_modal_projector" if lf else src),
+        "image_max_pixels": _recipe(params, "image_max_pixels", 262144 if lf else None,
+                                    f"{src}: image_max_pixels" if lf else "processor default"),
+        "image_min_pixels": _recipe(params, "image_min_pixels", 32 * 32 if lf else None,
+                                    "LLaMA-Factory hparams/model_args.py: image_min_pixels" if lf else "processor default"),
+    }
+    return Resolved(trl, runtime)

@@ -412,11 +412,29 @@ def rl_dataset(data: dict[str, str] | str, scale: int | None = None, seed: int =
     return load_rl(data, scale)[0]
 
 
-def heldout_rows(data: dict[str, str] | str, n: int) -> list[dict[str, Any]]:
-    """The first n usable rows of data['heldout'] as {image (PIL), prompt, answer, choices, id}.
+def fit_images(dataset, min_pixels: int | None = None, max_pixels: int | None = None, qwen2vl_guards: bool = False):
+    """The dataset with its images resized into [min_pixels, max_pixels] as rows are read
+    (`job_runtime.io.images`: EasyR1's and LLaMA-Factory's rule); unchanged without bounds."""
+    if min_pixels is None and max_pixels is None and not qwen2vl_guards:
+        return dataset
+    from functools import partial
+
+    from job_runtime.io import images
+
+    key = "images" if "images" in dataset.column_names else "image"
+    return dataset.with_transform(partial(images.fit_batch, keys=(key,), min_pixels=min_pixels, max_pixels=max_pixels,
+                                          qwen2vl_guards=qwen2vl_guards))
+
+
+def heldout_rows(data: dict[str, str] | str, n: int, min_pixels: int | None = None,
+                 max_pixels: int | None = None) -> list[dict[str, Any]]:
+    """The first n usable rows of data['heldout'] as {image (PIL, fitted to the pixel bounds), prompt,
+    answer, choices, id}.
 
     Fewer rows than n is fine here (a warning), unlike a training scale.
     """
+    from job_runtime.io.images import fit
+
     from PIL import Image
 
     uri = _source(data, "heldout")
@@ -428,5 +446,5 @@ def heldout_rows(data: dict[str, str] | str, n: int) -> list[dict[str, Any]]:
         log.warning("held-out set smaller than %d rows: %s", n, e)
         rows, _ = select(uri, rl_row, None, "heldout")
     for r in rows:
-        r["image"] = Image.open(io.BytesIO(r["image"])).convert("RGB")
+        r["image"] = fit(Image.open(io.BytesIO(r["image"])), min_pixels, max_pixels)
     return rows

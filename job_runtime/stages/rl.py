@@ -2,25 +2,20 @@
 
 setup -> run -> publish:
 
-1. Setup. Parameters are `contract.RLParams` (paper defaults: 512 prompts per step, lr 1e-6, 2
-   epochs, 10 rollouts per prompt, reward 0.9 x accuracy + 0.1 x format). ``cfg.algorithm``:
-
-   ========  ==========  =============================  ==================  ==================
-   algo      loss_type   epsilon_high (clip-higher)     dynamic sampling    overlong shaping
-   ========  ==========  =============================  ==================  ==================
-   grpo      bnpo        = epsilon                      off                 off
-   dapo      dapo        0.28                           on                  max_len / 8 buffer
-   ========  ==========  =============================  ==================  ==================
-
-   Each can be overridden (``epsilon_high``, ``dynamic_sampling``, ``overlong_buffer`` and, under
-   ``rl.trl``, any GRPOConfig field such as ``loss_type: grpo``). ``bnpo`` averages the loss over
-   the tokens of the batch, as EasyR1 (the paper's framework, ``loss_avg_mode: token``) does;
-   TRL's ``grpo`` would average per sequence first (length-biased). Batch arithmetic: TRL counts its
-   generation batch in completions, so ``global_batch_size x num_generations`` must equal
-   ``per_device_batch_size x gradient_accumulation x world_size``; accumulation is derived.
-   Rollouts come from vLLM (colocate) when it is importable on a GPU and ``use_vllm`` is not
-   False, otherwise from HF ``generate``.
-2. Run. `DynamicSamplingGRPOTrainer` (TRL's trainer plus DAPO dynamic sampling), with callbacks:
+1. Setup. Parameters are `contract.RLParams`; `contract.resolve_rl` turns them, the algorithm
+   (grpo | dapo) and the recipe (``rl.recipe``: easyr1, the study's, or trl) into GRPOConfig fields
+   and sftrl's own behaviour, each value with its source (`sftrl plan --explain` prints the same).
+   Under easyr1 a rollout batch of ``global_batch_size`` prompts x ``num_generations`` rollouts is
+   generated once (TRL ``steps_per_generation``) and the policy is updated once per mini-batch of
+   ``mini_batch_size`` prompts (``gradient_accumulation_steps``), with old log-probs from the
+   generating policy, clip 0.2 / 0.3 (dapo: 0.28), dual clip 3 (TRL ``delta``), k3 KL 1e-2 for grpo,
+   constant lr, weight decay 1e-2, the mathruler accuracy reward, images fitted to 262144 ..
+   4194304 pixels (`job_runtime.io.images`), prompts over 2048 tokens skipped; dapo adds EasyR1's
+   online filter. Any GRPOConfig field can still be set under ``rl.trl``. Rollouts come from vLLM
+   (colocate) when it is importable on a GPU and ``use_vllm`` is not False, otherwise from HF
+   ``generate``.
+2. Run. `DynamicSamplingGRPOTrainer` (TRL's trainer with EasyR1's per-update loss normaliser and
+   online filter), with callbacks:
    metrics (metrics.jsonl + Prometheus), held-out accuracy, checkpoint sync. The newest complete
    checkpoint in storage is resumed, with its metrics history.
 3. Publish: ``model/`` (the final policy, or the best by held-out accuracy when the deceptive-
@@ -33,7 +28,6 @@ launcher's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, PET_*).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib.util
 import logging
 import shutil
@@ -42,14 +36,15 @@ from pathlib import Path
 from typing import Any
 
 from job_runtime.io import storage
-from job_runtime.contract import METRICS_JSONL, RESULTS_JSON, RLParams, StageConfig
+from job_runtime.contract import (
+    METRICS_JSONL, RESULTS_JSON, RL_KEEP_CHECKPOINTS, RecipeError, Resolved, RLParams, StageConfig, resolve_rl,
+)
 from job_runtime.errors import StageError
-from job_runtime.train.setup import TrainerConfigError, accumulation, check_trl_overrides, launcher_world_size
+from job_runtime.train.setup import TrainerConfigError, check_trl_overrides, launcher_world_size
 
 log = logging.getLogger(__name__)
 
-DAPO_EPSILON_HIGH = 0.28
-KEEP_CHECKPOINTS = 3  # complete checkpoints kept in storage
+KEEP_CHECKPOINTS = RL_KEEP_CHECKPOINTS
 HELDOUT_BATCH = 32
 
 
@@ -59,60 +54,20 @@ RLConfigError = TrainerConfigError  # an rl parameter is unusable; the message n
 # --- pure setup ------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Algorithm:
-    """What cfg.algorithm + RLParams resolve to."""
+def resolve(cfg: StageConfig, params: RLParams, world_size: int) -> Resolved:
+    """The stage's resolved settings (`contract.resolve_rl`), a config error naming the field.
 
-    name: str
-    loss_type: str
-    epsilon_high: float
-    dynamic_sampling: bool
-    overlong_buffer: int
-
-
-def resolve_algorithm(algorithm: str | None, params: RLParams) -> Algorithm:
-    """GRPO or DAPO settings, with RLParams overrides applied.
-
-    >>> resolve_algorithm("dapo", RLParams(max_completion_length=800))
-    Algorithm(name='dapo', loss_type='dapo', epsilon_high=0.28, dynamic_sampling=True, overlong_buffer=100)
-    >>> resolve_algorithm(None, RLParams())
-    Algorithm(name='grpo', loss_type='bnpo', epsilon_high=0.2, dynamic_sampling=False, overlong_buffer=0)
+    >>> from job_runtime.contract import Labels
+    >>> cfg = StageConfig(kind="rl", id="x", output="file:///x", model="m", algorithm="grpo",
+    ...                   labels=Labels(experiment="e", run="r", stage="x", model="m", method="grpo"))
+    >>> r = resolve(cfg, RLParams(), 8)
+    >>> r["gradient_accumulation_steps"], r["steps_per_generation"], r["mini_batch_size"]
+    (20, 80, 128)
     """
-    name = algorithm or "grpo"
-    if name not in ("grpo", "dapo"):
-        raise RLConfigError(f"algorithm '{name}' is unknown, because only grpo and dapo exist. Use one of them.")
-    dapo = name == "dapo"
-    buffer = params.overlong_buffer
-    if buffer is None:
-        buffer = params.max_completion_length // 8 if dapo else 0
-    if buffer >= params.max_completion_length:
-        raise RLConfigError(
-            f"rl.overlong_buffer ({buffer}) must be below rl.max_completion_length ({params.max_completion_length}), "
-            "because the penalty ramps over the last `overlong_buffer` tokens. Lower it."
-        )
-    return Algorithm(
-        name=name,
-        loss_type="dapo" if dapo else "bnpo",
-        epsilon_high=params.epsilon_high if params.epsilon_high is not None else (DAPO_EPSILON_HIGH if dapo else params.epsilon),
-        dynamic_sampling=params.dynamic_sampling if params.dynamic_sampling is not None else dapo,
-        overlong_buffer=buffer,
-    )
-
-
-def gradient_accumulation(params: RLParams, world_size: int) -> int:
-    """Accumulation steps so that one optimiser step sees global_batch_size prompts x num_generations.
-
-    >>> gradient_accumulation(RLParams(), 8)   # 512 x 10 = 5120 completions = 8 per device x 80 x 8
-    80
-    >>> gradient_accumulation(RLParams(global_batch_size=4, num_generations=4, per_device_batch_size=8), 1)
-    2
-    """
-    return accumulation(
-        params.global_batch_size * params.num_generations, params.per_device_batch_size, world_size,
-        f"rl.global_batch_size x rl.num_generations = {params.global_batch_size} x {params.num_generations} =",
-        "because TRL counts its generation batch in completions (per_device_batch_size x gradient_accumulation x "
-        "world_size)",
-    )
+    try:
+        return resolve_rl(params, cfg.algorithm, world_size, seed=cfg.seed)
+    except RecipeError as e:
+        raise RLConfigError(str(e)) from None
 
 
 def want_vllm(params: RLParams) -> bool:
@@ -131,37 +86,21 @@ def want_vllm(params: RLParams) -> bool:
 
 
 def grpo_config_kwargs(
-    cfg: StageConfig, params: RLParams, algo: Algorithm, output_dir: str, world_size: int, use_vllm: bool, cuda: bool
+    cfg: StageConfig, params: RLParams, recipe: Resolved, output_dir: str, world_size: int, use_vllm: bool, cuda: bool
 ) -> dict[str, Any]:
-    """The GRPOConfig arguments of a stage: study settings, then rl.trl overrides."""
+    """The GRPOConfig arguments of a stage: the resolved recipe (rl.trl included), then the machine's."""
     from trl import GRPOConfig
 
     check_trl_overrides(params.trl, GRPOConfig, "rl")
     kwargs: dict[str, Any] = {
+        **recipe.trl_kwargs(),
         "output_dir": output_dir,
-        "seed": cfg.seed,
-        "num_train_epochs": params.epochs,
-        "learning_rate": params.learning_rate,
-        "per_device_train_batch_size": params.per_device_batch_size,
-        "gradient_accumulation_steps": gradient_accumulation(params, world_size),
-        "num_generations": params.num_generations,
-        "max_completion_length": params.max_completion_length,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "beta": params.beta,
-        "epsilon": params.epsilon,
-        "epsilon_high": algo.epsilon_high,
-        "loss_type": algo.loss_type,
-        "logging_steps": 1,
         "save_strategy": "steps",
-        "save_steps": params.save_steps,
-        "save_total_limit": KEEP_CHECKPOINTS,
         "report_to": [],
         "use_cpu": not cuda,
         "bf16": cuda,
         "use_vllm": use_vllm,
         "dataloader_num_workers": 0,
-        "disable_tqdm": True,
     }
     if use_vllm:
         kwargs["vllm_mode"] = "colocate"
@@ -192,18 +131,31 @@ def drop_long_prompts(dataset, processor, max_prompt_length: int):
     return dataset, dropped
 
 
-def _reward_setup(params: RLParams, algo: Algorithm):
+def _reward_setup(params: RLParams, recipe: Resolved):
     """(reward functions, weights): the study's weighted rewards plus DAPO's overlong shaping."""
     from job_runtime.train import rewards
 
-    funcs, weights = rewards.build(params.reward)
+    funcs, weights = rewards.build(params.reward, recipe["accuracy_rule"])
     funcs, weights = list(funcs), list(weights)
-    if algo.overlong_buffer > 0:
+    if recipe["overlong_buffer"] > 0:
         from trl.rewards import get_soft_overlong_punishment
 
-        funcs.append(get_soft_overlong_punishment(params.max_completion_length, algo.overlong_buffer))
+        funcs.append(get_soft_overlong_punishment(params.max_completion_length, recipe["overlong_buffer"]))
         weights.append(1.0)
     return funcs, weights
+
+
+def _heldout_grader(rule: str):
+    """grade(completion, gold, choices) -> bool with the training accuracy rule, so held-out
+    accuracy judges as the reward does (EasyR1 validates with its reward function)."""
+    from job_runtime.train import rewards
+
+    fn = rewards.ACCURACY_RULES[rule]
+
+    def grade(completion: str, gold: str, choices: Any = None) -> bool:
+        return fn([completion], answer=[gold], choices=[choices] if choices else None)[0] == 1.0
+
+    return grade
 
 
 def _progress_callback_class():
@@ -237,7 +189,7 @@ def _user_errors(cfg: StageConfig):
 
     try:
         yield
-    except (RLConfigError, DataError, ModelLoadError, RewardConfigError) as e:
+    except (RLConfigError, RecipeError, DataError, ModelLoadError, RewardConfigError) as e:
         raise StageError(str(e)) from None
     except ValidationError as e:
         raise StageError(f"rl parameters of stage {cfg.id} are invalid: {e}") from None
@@ -261,18 +213,18 @@ def run(cfg: StageConfig) -> None:
 
     from job_runtime.io import data, modeling
     from job_runtime.train.checkpoints import CheckpointSync, publish_stage, resume_dir
-    from job_runtime.train.dynamic_sampling import DynamicSamplingGRPOTrainer
+    from job_runtime.train.dynamic_sampling import DynamicSamplingGRPOTrainer, FilterExhausted
     from job_runtime.train.heldout import HeldoutCallback
     from job_runtime.metrics import StageMetrics
 
     with _user_errors(cfg):
         params = RLParams.model_validate(cfg.params)
-        algo = resolve_algorithm(cfg.algorithm, params)
         world = launcher_world_size()
+        recipe = resolve(cfg, params, world)
         output = storage.normalize(cfg.output)
         cuda = torch.cuda.is_available()
         use_vllm = want_vllm(params)
-        config_kwargs = grpo_config_kwargs(cfg, params, algo, "", world, use_vllm, cuda)
+        config_kwargs = grpo_config_kwargs(cfg, params, recipe, "", world, use_vllm, cuda)
     if storage.is_complete(output):  # first storage call: an unreachable store fails here, before any work
         log.info("rl %s: already complete (%s has _SUCCESS); nothing to do", cfg.id, output)
         return
@@ -288,32 +240,37 @@ def run(cfg: StageConfig) -> None:
         with args.main_process_first(local=True, desc="fetch checkpoint"):
             checkpoint = resume_dir(output, work / "resume", sidecars=sidecars)
         log.info(
-            "rl %s: %s (loss %s, epsilon_high %.2f, dynamic sampling %s, overlong buffer %d), %s generation, "
-            "%d prompts x %d rollouts per step = %d per device x %d accumulation x %d devices%s",
-            cfg.id, algo.name, algo.loss_type, algo.epsilon_high, algo.dynamic_sampling, algo.overlong_buffer,
+            "rl %s: %s, recipe %s (beta %g, clip %g/%g, dual clip %s, %s accuracy, online filtering %s, overlong "
+            "buffer %d), %s generation; %d prompts x %d rollouts per rollout batch, %d updates of %d prompts = %d "
+            "per device x %d accumulation x %d devices%s",
+            cfg.id, recipe["algorithm"], params.recipe, args.beta, args.epsilon, args.epsilon_high, args.delta,
+            recipe["accuracy_rule"], recipe["online_filtering"], recipe["overlong_buffer"],
             "vLLM colocate" if use_vllm else "HF", params.global_batch_size, params.num_generations,
-            params.per_device_batch_size, args.gradient_accumulation_steps, world,
-            f", resuming from {checkpoint}" if checkpoint else "",
+            recipe["updates_per_rollout_batch"], recipe["mini_batch_size"], params.per_device_batch_size,
+            args.gradient_accumulation_steps, world, f", resuming from {checkpoint}" if checkpoint else "",
         )
         with _user_errors(cfg):
             processor = modeling.load_processor(cfg.model)
             model = modeling.load_model(cfg.model, dtype=torch.bfloat16 if cuda else torch.float32)
             with args.main_process_first(local=True, desc="load data"):
-                train = data.rl_dataset(cfg.data, scale=cfg.scale, seed=cfg.seed)
-                heldout_rows = data.heldout_rows(cfg.data, params.heldout_size) if cfg.data.get("heldout") else []
-            train, too_long = drop_long_prompts(train, processor, params.max_prompt_length)
+                pixels = {"min_pixels": recipe["min_pixels"], "max_pixels": recipe["max_pixels"]}
+                train = data.fit_images(data.rl_dataset(cfg.data, scale=cfg.scale, seed=cfg.seed), **pixels)
+                heldout_rows = (data.heldout_rows(cfg.data, params.heldout_size, **pixels)
+                                if cfg.data.get("heldout") else [])
+            max_prompt = recipe["max_prompt_length"]
+            train, too_long = drop_long_prompts(train, processor, max_prompt)
             if too_long:
                 log.warning(
                     "rl %s: skipped %d of %d training prompts longer than rl.max_prompt_length=%d tokens (image "
                     "tokens included); raise max_prompt_length to keep them.", cfg.id, too_long,
-                    too_long + len(train), params.max_prompt_length,
+                    too_long + len(train), max_prompt,
                 )
             if len(train) == 0:
                 raise RLConfigError(
-                    f"rl.max_prompt_length={params.max_prompt_length} leaves no training prompt, because every "
+                    f"rl.max_prompt_length={max_prompt} leaves no training prompt, because every "
                     "prompt is longer. Raise max_prompt_length."
                 )
-            funcs, weights = _reward_setup(params, algo)
+            funcs, weights = _reward_setup(params, recipe)
         args.reward_weights = weights
 
         metrics = StageMetrics(cfg, metrics_path)
@@ -322,8 +279,11 @@ def run(cfg: StageConfig) -> None:
             processor,
             log_fn=metrics.log if args.process_index == 0 else None,
             should_stop=lambda: metrics.should_stop,
-            every=params.heldout_every_steps,
+            every=recipe["heldout_every_steps"],
             max_new_tokens=params.max_completion_length,
+            temperature=recipe["heldout_temperature"],
+            top_p=recipe["heldout_top_p"],
+            grade=_heldout_grader(recipe["accuracy_rule"]),
             batch_size=HELDOUT_BATCH,
             best_dir=work / "best-heldout" if params.deceptive.stop else None,
         )
@@ -335,13 +295,18 @@ def run(cfg: StageConfig) -> None:
                 train_dataset=train,
                 processing_class=processor,
                 callbacks=[metrics.trainer_callback(), heldout, CheckpointSync(output, KEEP_CHECKPOINTS, sidecars)],
-                dynamic_sampling=algo.dynamic_sampling,
-                max_rounds=params.dynamic_sampling_max_rounds,
+                online_filtering=recipe["online_filtering"],
+                **({"filter_key": recipe["filter_key"], "filter_low": recipe["filter_low"],
+                    "filter_high": recipe["filter_high"], "chunk": recipe["mini_rollout_batch_size"],
+                    "max_try": recipe["max_try_make_batch"]} if recipe["online_filtering"] else {}),
             )
         heldout.trainer = trainer
         trainer.remove_callback(PrinterCallback)  # one compact line per step instead of TRL's dicts
         trainer.add_callback(_progress_callback_class()())
-        trainer.train(resume_from_checkpoint=checkpoint)
+        try:
+            trainer.train(resume_from_checkpoint=checkpoint)
+        except FilterExhausted as e:
+            raise StageError(f"rl stage {cfg.id}: {e}") from None
 
         final = work / "model"
         if heldout.stopped_on_deception and heldout.best_dir and heldout.best_dir.exists():
@@ -355,7 +320,8 @@ def run(cfg: StageConfig) -> None:
             zero_std = _summary(history, "frac_reward_zero_std")
             results = {
                 "kind": "rl",
-                "algorithm": algo.name,
+                "algorithm": recipe["algorithm"],
+                "recipe": params.recipe,
                 "global_step": trainer.state.global_step,
                 "train_prompts": len(train),
                 "skipped_long_prompts": too_long,

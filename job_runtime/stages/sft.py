@@ -2,8 +2,12 @@
 
 setup -> train -> publish:
 
-1. Setup. Parameters are `contract.SFTParams` (paper defaults, LLaMA-Factory: global batch 128,
-   lr 1e-5, 3 epochs, cosine schedule, 10% warmup). Batch arithmetic: global batch =
+1. Setup. Parameters are `contract.SFTParams`; `contract.resolve_sft` resolves them with the recipe
+   (``sft.recipe``: llamafactory, the study's, or trl) into SFTConfig fields and sftrl's own
+   behaviour, each with its source. llamafactory (examples/train_full/qwen2_5vl_full_sft.yaml): global
+   batch 128, lr 1e-5, 3 epochs, cosine schedule, 10% warmup, cutoff 2048 tokens, the vision tower
+   and projector frozen (`train.setup.freeze_modules`), images fitted to 1024 .. 262144 pixels
+   (`job_runtime.io.images`, with the Qwen2-VL plugin's guards). Batch arithmetic: global batch =
    per_device_batch_size x gradient_accumulation x WORLD_SIZE; accumulation is derived, and a
    global batch that does not divide is an error naming the numbers. ``sft.trl`` passes any
    other ``trl.SFTConfig`` field through (an unknown one is an error naming it);
@@ -34,13 +38,15 @@ from pathlib import Path
 from typing import Any
 
 from job_runtime.io import storage
-from job_runtime.contract import METRICS_JSONL, RESULTS_JSON, SFTParams, StageConfig
+from job_runtime.contract import METRICS_JSONL, RESULTS_JSON, SFT_KEEP_CHECKPOINTS, Resolved, SFTParams, StageConfig, resolve_sft
 from job_runtime.errors import StageError
-from job_runtime.train.setup import TrainerConfigError, accumulation, check_trl_overrides, launcher_world_size
+from job_runtime.train.setup import (
+    TrainerConfigError, accumulation, check_trl_overrides, freeze_modules, launcher_world_size,
+)
 
 log = logging.getLogger(__name__)
 
-KEEP_CHECKPOINTS = 2
+KEEP_CHECKPOINTS = SFT_KEEP_CHECKPOINTS
 PROGRESS_JSON = "sft_progress.json"  # sidecar: samples seen so far, restored on resume
 
 
@@ -72,40 +78,36 @@ def _checkpointing_field() -> str:
     return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
+def resolve(cfg: StageConfig, params: SFTParams, world_size: int) -> Resolved:
+    """The stage's resolved settings (`contract.resolve_sft`), a config error naming the field."""
+    try:
+        return resolve_sft(params, world_size, seed=cfg.seed)
+    except ValueError as e:
+        raise SFTConfigError(str(e)) from None
+
+
 def sft_config_kwargs(cfg: StageConfig, params: SFTParams, output_dir: str, world_size: int, cuda: bool) -> dict[str, Any]:
-    """The SFTConfig arguments of a stage: the study's settings, then sft.trl overrides.
+    """The SFTConfig arguments of a stage: the resolved recipe (sft.trl included), then the machine's.
 
     >>> from job_runtime.contract import Labels
     >>> cfg = StageConfig(kind="sft", id="x", output="file:///tmp/x", model="m", seed=3,
     ...                   labels=Labels(experiment="e", run="r", stage="x", model="m", method="sft"))
     >>> kw = sft_config_kwargs(cfg, SFTParams(trl={"weight_decay": 0.1}), "/tmp/o", 8, cuda=True)
-    >>> kw["gradient_accumulation_steps"], kw["seed"], kw["warmup_steps"], kw["weight_decay"]
-    (4, 3, 0.1, 0.1)
+    >>> kw["gradient_accumulation_steps"], kw["seed"], kw["warmup_steps"], kw["weight_decay"], kw["max_length"]
+    (4, 3, 0.1, 0.1, 2048)
     """
     from trl import SFTConfig
 
     check_trl_overrides(params.trl, SFTConfig, "sft")
-    kwargs: dict[str, Any] = {
+    kwargs = resolve(cfg, params, world_size).trl_kwargs()
+    kwargs[_checkpointing_field()] = kwargs.pop("gradient_checkpointing")
+    kwargs |= {
         "output_dir": output_dir,
-        "seed": cfg.seed,
-        "num_train_epochs": params.epochs,
-        "learning_rate": params.learning_rate,
-        "per_device_train_batch_size": params.per_device_batch_size,
-        "gradient_accumulation_steps": gradient_accumulation(params, world_size),
-        "lr_scheduler_type": params.lr_scheduler_type,
-        "warmup_steps": params.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the steps
-        "max_length": params.max_length,
-        _checkpointing_field(): params.gradient_checkpointing,
-        "completion_only_loss": True,  # loss on the assistant's trace only
-        "logging_steps": 1,
         "save_strategy": "steps",
-        "save_steps": params.save_steps,
-        "save_total_limit": KEEP_CHECKPOINTS,
         "report_to": [],
         "use_cpu": not cuda,
         "bf16": cuda,
         "dataloader_num_workers": 0,
-        "disable_tqdm": True,
     }
     if cfg.deepspeed:
         kwargs["deepspeed"] = cfg.deepspeed
@@ -195,18 +197,23 @@ def run(cfg: StageConfig) -> None:
     sidecars = {METRICS_JSONL: metrics_path, PROGRESS_JSON: progress_path}
     with args.main_process_first(local=True, desc="fetch checkpoint"):
         checkpoint = resume_dir(output, work / "resume", sidecars=sidecars)
+    recipe = resolve(cfg, params, world)
     try:
         with args.main_process_first(local=True, desc="load data"):
             train, report = data.load_sft(cfg.data, scale=cfg.scale)
+        train = data.fit_images(train, recipe["image_min_pixels"], recipe["image_max_pixels"], qwen2vl_guards=True)
         processor = modeling.load_processor(cfg.model)
         model = modeling.load_model(cfg.model, for_training=True, dtype=torch.bfloat16 if cuda else torch.float32)
-    except (data.DataError, modeling.ModelLoadError) as e:
+        frozen = freeze_modules(model, recipe["freeze_vision_tower"], recipe["freeze_multi_modal_projector"])
+    except (data.DataError, modeling.ModelLoadError, SFTConfigError) as e:
         shutil.rmtree(work, ignore_errors=True)
         raise _stage_error(str(e)) from None
     log.info(
-        "sft %s: %d examples x %s epochs, %d per step = %d per device x %d accumulation x %d devices, lr %g%s",
-        cfg.id, len(train), params.epochs, params.global_batch_size, params.per_device_batch_size,
-        args.gradient_accumulation_steps, world, params.learning_rate,
+        "sft %s: recipe %s, %d examples x %s epochs, %d per step = %d per device x %d accumulation x %d devices, "
+        "lr %g (%s), cutoff %d, images %s..%s px, %d frozen parameter tensors%s",
+        cfg.id, params.recipe, len(train), params.epochs, params.global_batch_size, params.per_device_batch_size,
+        args.gradient_accumulation_steps, world, params.learning_rate, args.lr_scheduler_type, args.max_length,
+        recipe["image_min_pixels"], recipe["image_max_pixels"], len(frozen),
         f", resuming from {checkpoint}" if checkpoint else "",
     )
 
@@ -231,6 +238,8 @@ def run(cfg: StageConfig) -> None:
             processor.save_pretrained(str(final))
             results = {
                 "kind": "sft",
+                "recipe": params.recipe,
+                "frozen_parameters": len(frozen),
                 "global_step": trainer.state.global_step,
                 "samples_seen": samples_seen,
                 "train_examples": len(train),

@@ -1,36 +1,40 @@
-"""DAPO dynamic sampling for TRL's GRPOTrainer (TRL 1.16 has no such option).
+"""TRL's GRPOTrainer made to update the policy as EasyR1 does, with EasyR1's DAPO online filter.
 
-A GRPO group whose rollouts all get the same reward has zero advantage: it adds no policy
-gradient, only dilutes the batch. Dynamic sampling (DAPO, arXiv 2503.14476) drops such groups and
-samples more prompts until every optimiser step sees a full batch of groups with reward variance.
+Two things TRL 1.16 lacks, in one trainer (`DynamicSamplingGRPOTrainer`):
 
-The seam. `GRPOTrainer._prepare_inputs` calls `_generate_and_score_completions(inputs)` once per
-generation batch (one optimiser step unless ``num_iterations``/``steps_per_generation`` say
-otherwise) and splits what it returns into micro-batches. `DynamicSamplingGRPOTrainer` overrides
-only that call:
+**One loss normaliser per optimiser update.** With ``steps_per_generation`` > ``gradient_accumulation_steps``
+TRL generates one rollout batch and makes several optimiser updates from it (EasyR1: 512 prompts,
+mini-batches of 128, so 4 updates, the later ones off-policy against the old log-probs TRL
+computes at generation). EasyR1 averages each update's loss over the tokens of *that* mini-batch
+on all devices (verl/workers/actor/dp_actor.py: ``loss * response_tokens * world_size /
+total_response_tokens``). TRL's ``loss_type="dapo"`` divides by the rollout batch's token count
+split evenly across updates, so a mini-batch with long responses weighs more than EasyR1 lets it.
+`update_normalisers` sets each micro-batch's ``num_items_in_batch`` so that TRL's formula
+(``num_items_in_batch / processes x accumulation / steps_per_generation``) equals the tokens of its
+own update on all devices, divided by the processes: exactly EasyR1's token mean.
 
-1. score the batch with TRL's own code (`super()._generate_and_score_completions`), and read the
-   gathered per-function rewards it computed (captured in `_calculate_rewards`);
-2. keep the groups whose weighted total reward varies; drop the others;
-3. while some device still lacks groups, draw a fresh batch of prompts from the training set
-   (seeded by seed, step, round and rank, so a resumed run draws the same) and repeat, up to
-   ``max_rounds`` generation rounds per step;
-4. return exactly the original number of rows per device, rows re-padded and merged.
+**Online filtering** (EasyR1 ``algorithm.online_filtering``, ray_trainer.py ``_make_batch_data``):
+after TRL scores a rollout batch, a group (the rollouts of one prompt) is kept when the mean of its
+``filter_key`` score lies strictly between ``filter_low`` and ``filter_high`` (`keep_groups`):
+``overall`` = the weighted total reward TRL computed (EasyR1's default), ``accuracy`` = the accuracy
+reward alone (the DAPO paper's rule: some but not all rollouts correct). While some device lacks
+groups, ``mini_rollout_batch_size`` more prompts (over all devices) are drawn from the training set
+(seeded by seed, step, try and rank, so a resumed run draws the same), scored and filtered; the
+first kept groups in generation order fill the batch, as EasyR1 truncates to ``rollout_batch_size``.
+Each generation of ``mini_rollout_batch_size`` prompts is one try; after ``max_try_make_batch`` tries
+with the batch still short the stage fails with `FilterExhausted`, as EasyR1 raises.
 
-When ``max_rounds`` is reached before the batch is full, the batch is filled with the
-zero-variance groups of the latest rounds (their advantage is 0: they add no policy gradient,
-only the KL term when beta > 0), a warning is logged, and ``dynamic_sampling/filled_groups``
-counts them. The batch shape never changes, so the optimiser, DeepSpeed and vLLM see what TRL
-would have given them.
+The seam: `GRPOTrainer._prepare_inputs` calls ``_generate_and_score_completions`` once per rollout
+batch and splits the result into micro-batches; we override that call (filtering) and post-process
+the split (normalisers). The batch shape never changes, so the optimiser, DeepSpeed and vLLM see
+what TRL would have given them. Every device generates the same number of prompts per try (vLLM
+and the reward gather need equal shapes), and filters its own share of TRL's gathered rewards.
 
-Logged per generation batch (summed over devices; means over the logging window):
-``dynamic_sampling/dropped_groups`` (zero-variance groups dropped), ``dynamic_sampling/resampled_groups``
-(groups generated in extra rounds), ``dynamic_sampling/filled_groups`` and ``dynamic_sampling/rounds``.
-TRL's own ``frac_reward_zero_std``, ``reward`` etc. average over every round's rollouts, so signal
-availability still describes what the policy produced, before filtering.
-
-Every device generates the same number of prompts in every round (vLLM and the reward gather
-need equal shapes), and each device's generation batch must hold whole groups.
+Logged per rollout batch (summed over devices): ``dynamic_sampling/dropped_groups`` (groups the
+filter removed), ``dynamic_sampling/resampled_groups`` (groups generated in extra tries),
+``dynamic_sampling/rounds`` (generation calls). TRL's ``frac_reward_zero_std``, ``reward`` etc.
+average over every round's rollouts, so signal availability still describes what the policy
+produced, before filtering.
 """
 
 from __future__ import annotations
@@ -38,17 +42,21 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from trl import GRPOTrainer
-from trl.trainer.utils import nanstd, pad, split_pixel_values_by_grid, unsplit_pixel_values_by_grid
+from trl.trainer.utils import pad, split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
 from job_runtime.io.modeling import CheckpointWeightsMixin
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_ROUNDS = 10  # verl's DAPO recipe: max_num_gen_batches = 10
+DEFAULT_MAX_TRY = 20  # EasyR1 examples/config.yaml: trainer.max_try_make_batch
+
+
+class FilterExhausted(RuntimeError):
+    """Online filtering could not fill a rollout batch within max_try_make_batch generations."""
 
 _LEFT = ("prompt_ids", "prompt_mask")  # left-padded prompt side
 _RIGHT = (  # right-padded completion side
@@ -64,16 +72,44 @@ _PROMPT_COMPLETION = ("token_type_ids", "mm_token_type_ids")  # (B, P + C): prom
 _SCALARS = ("num_items_in_batch",)
 
 
-def zero_variance_groups(rewards: torch.Tensor, num_generations: int) -> torch.Tensor:
-    """Bool per group: True when all rollouts of the group got the same reward (TRL's test).
+BOUND_TOLERANCE = 1e-6  # TRL's rewards are float32: a mean within this of a bound counts as on it
 
-    >>> zero_variance_groups(torch.tensor([1., 1., 0., 1., 0.5, 0.5]), 2).tolist()
-    [True, False, True]
+
+def keep_groups(scores: torch.Tensor, num_generations: int, low: float, high: float) -> list[bool]:
+    """EasyR1's online filter: keep a group when low < mean score < high (a NaN score: dropped).
+    EasyR1 averages exact doubles (0.99 is not < 0.99); TRL's scores are float32, so a mean within
+    `BOUND_TOLERANCE` of a bound is treated as on it.
+
+    >>> keep_groups(torch.tensor([0., 0., 1., 0., 1., 1., .1, .1]), 2, 0.01, 0.99)
+    [False, True, False, True]
     """
-    grouped = rewards.view(-1, num_generations)
-    std = nanstd(grouped, dim=1)
-    std = torch.nan_to_num(std, nan=0.0)
-    return torch.isclose(std, torch.zeros_like(std))
+    means = scores.double().view(-1, num_generations).mean(dim=1)
+    return [bool(low + BOUND_TOLERANCE < m < high - BOUND_TOLERANCE) for m in means.tolist()]
+
+
+def update_normalisers(chunks: list[dict[str, Any]], accumulation: int, steps_per_generation: int,
+                       global_sum: Callable[[list[int]], list[int]]) -> list[int]:
+    """Set each micro-batch's ``num_items_in_batch`` so TRL's dapo loss is EasyR1's token mean over
+    its own optimiser update (see the module doc); returns the tokens of each update on all devices.
+
+    >>> m = lambda *lens: {"completion_mask": torch.tensor([[1] * n + [0] * (4 - n) for n in lens])}
+    >>> chunks = [m(4, 4), m(1, 1), m(2, 2), m(3, 1)]          # 4 micro-batches, 2 per update
+    >>> update_normalisers(chunks, 2, 4, lambda xs: xs)         # one device
+    [10, 8]
+    >>> [float(c["num_items_in_batch"]) for c in chunks]       # x steps_per_generation / accumulation
+    [20.0, 20.0, 16.0, 16.0]
+    """
+    local = []
+    for c in chunks:
+        mask = c["completion_mask"] if c.get("tool_mask") is None else c["completion_mask"] * c["tool_mask"]
+        local.append(int(mask.sum()))
+    updates = [sum(local[k : k + accumulation]) for k in range(0, len(chunks), accumulation)]
+    totals = global_sum(updates)
+    for i, c in enumerate(chunks):
+        device = c["completion_mask"].device
+        c["num_items_in_batch"] = torch.tensor(totals[i // accumulation] * steps_per_generation / accumulation,
+                                               dtype=torch.float32, device=device)
+    return totals
 
 
 def select_rows(batch: dict[str, Any], rows: list[int]) -> dict[str, Any]:
@@ -162,30 +198,43 @@ def draw_indices(dataset_size: int, count: int, seed: int, step: int, rank: int,
 
 
 class DynamicSamplingGRPOTrainer(CheckpointWeightsMixin, GRPOTrainer):
-    """GRPOTrainer with optional DAPO dynamic sampling; with ``dynamic_sampling=False`` it is TRL's
+    """GRPOTrainer with EasyR1's per-update loss normaliser and, optionally, its online filter
     (plus modeling's `CheckpointWeightsMixin`, so a resumed run continues from the checkpoint's weights).
 
-    >>> trainer = DynamicSamplingGRPOTrainer(model, reward_funcs, args=cfg, train_dataset=ds,
-    ...                                      dynamic_sampling=True, max_rounds=10)   # doctest: +SKIP
+    >>> trainer = DynamicSamplingGRPOTrainer(model, reward_funcs, args=cfg, train_dataset=ds, online_filtering=True,
+    ...     filter_key="overall", filter_low=0.01, filter_high=0.99, chunk=128, max_try=20)   # doctest: +SKIP
     """
 
-    def __init__(self, *args: Any, dynamic_sampling: bool = False, max_rounds: int = DEFAULT_MAX_ROUNDS, **kwargs: Any):
+    def __init__(self, *args: Any, online_filtering: bool = False, filter_key: str = "overall",
+                 filter_low: float = 0.01, filter_high: float = 0.99, chunk: int | None = None,
+                 max_try: int = DEFAULT_MAX_TRY, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.dynamic_sampling = dynamic_sampling
-        self.max_rounds = max(1, int(max_rounds))
+        self.online_filtering = online_filtering
+        self.filter_key, self.filter_low, self.filter_high = filter_key, filter_low, filter_high
+        self.max_try = max(1, int(max_try))
         self._captured_rewards: torch.Tensor | None = None
-        if dynamic_sampling and not hasattr(self.train_dataset, "__getitem__"):
+        world = self.accelerator.num_processes
+        rollout_prompts = self.args.generation_batch_size // self.num_generations
+        self.chunk = int(chunk or rollout_prompts)
+        if not online_filtering:
+            return
+        if not hasattr(self.train_dataset, "__getitem__"):
             raise ValueError(
-                "Dynamic sampling needs a map-style training dataset, because it draws extra prompts by index, "
-                "but the dataset is streamed (IterableDataset). Load it map-style or turn dynamic_sampling off."
+                "Online filtering needs a map-style training dataset, because it draws extra prompts by index, "
+                "but the dataset is streamed (IterableDataset). Load it map-style or turn online_filtering off."
             )
         local_batch = self.args.per_device_train_batch_size * self.args.steps_per_generation
-        if dynamic_sampling and local_batch % self.num_generations:
+        if local_batch % self.num_generations or self.chunk % world:
             raise ValueError(
-                f"Dynamic sampling needs whole groups on every device, because groups are kept or dropped per "
-                f"device, but the per-device generation batch ({self.args.per_device_train_batch_size} x "
-                f"{self.args.steps_per_generation} = {local_batch} completions) is not a multiple of "
-                f"num_generations ({self.num_generations}). Choose per_device_batch_size so that it is."
+                f"Online filtering needs whole groups on every device, because groups are kept or dropped per "
+                f"device, but the per-device rollout batch ({local_batch} completions) is not a multiple of "
+                f"num_generations ({self.num_generations}) or mini_rollout_batch_size ({self.chunk}) is not a "
+                f"multiple of the {world} devices. Choose per_device_batch_size and mini_rollout_batch_size so they are."
+            )
+        if filter_key == "accuracy" and "accuracy_reward" not in self.reward_func_names:
+            raise ValueError(
+                "filter_key 'accuracy' needs the accuracy reward, because the filter averages it per group, but "
+                f"the rewards are {self.reward_func_names}. Use filter_key: overall."
             )
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):  # type: ignore[override]
@@ -201,59 +250,70 @@ class DynamicSamplingGRPOTrainer(CheckpointWeightsMixin, GRPOTrainer):
         t = torch.tensor([value], dtype=torch.long, device=self.accelerator.device)
         return int(self.accelerator.gather(t).max().item())
 
+    def _prepare_inputs(self, generation_batch):  # type: ignore[override]
+        if not self.model.training:
+            return super()._prepare_inputs(generation_batch)
+        fresh = self._step % (self.args.steps_per_generation * self.num_iterations) == 0 or self._buffered_inputs is None
+        inputs = super()._prepare_inputs(generation_batch)  # one of self._buffered_inputs
+        if fresh:
+            update_normalisers(self._buffered_inputs, self.args.gradient_accumulation_steps,
+                               self.args.steps_per_generation, self._global_sum)
+        return inputs
+
+    def _filter_scores(self) -> torch.Tensor:
+        """Per-row scores of the latest scoring, gathered over devices: the weighted total or the accuracy."""
+        captured = self._captured_rewards
+        if self.filter_key == "accuracy":
+            return captured[:, self.reward_func_names.index("accuracy_reward")]
+        total = (captured * self.reward_weights.to(captured.device)).nansum(dim=1)
+        total[torch.isnan(captured).all(dim=1)] = torch.nan
+        return total
+
     def _generate_and_score_completions(self, inputs):  # type: ignore[override]
-        if not self.dynamic_sampling or not self.model.training:
+        if not self.online_filtering or not self.model.training:
             return super()._generate_and_score_completions(inputs)
-        g = self.num_generations
+        g, world, rank = self.num_generations, self.accelerator.num_processes, self.accelerator.process_index
         need = len(inputs) // g
-        rank = self.accelerator.process_index
         rounds: list[dict[str, Any]] = []  # scored, pixel-split batches
-        informative: list[tuple[int, int]] = []  # (round, local group)
-        flat: list[tuple[int, int]] = []  # zero-variance groups, in generation order
+        kept: list[tuple[int, int]] = []  # (round, local group)
         dropped = resampled = 0
+        tries = 0.0
         batch_inputs = inputs
-        for round_ in range(self.max_rounds):
+        while True:
             scored = split_pixel_values_by_grid(super()._generate_and_score_completions(batch_inputs))
-            rewards = (self._captured_rewards * self.reward_weights.to(self._captured_rewards.device)).nansum(dim=1)
-            rewards[torch.isnan(self._captured_rewards).all(dim=1)] = torch.nan
-            local = rewards[rank * len(batch_inputs) : (rank + 1) * len(batch_inputs)]
-            zero = zero_variance_groups(local, g).tolist()
+            scores = self._filter_scores()
+            local = scores[rank * len(batch_inputs) : (rank + 1) * len(batch_inputs)]
+            keep = keep_groups(local, g, self.filter_low, self.filter_high)
             rounds.append(scored)
-            for grp, is_zero in enumerate(zero):
-                (flat if is_zero else informative).append((len(rounds) - 1, grp))
-            dropped += sum(zero)
-            missing = self._global_max(max(0, need - len(informative)))
-            if missing == 0 or round_ == self.max_rounds - 1:
+            kept += [(len(rounds) - 1, grp) for grp, k in enumerate(keep) if k]
+            dropped += keep.count(False)
+            tries += len(batch_inputs) // g * world / self.chunk
+            missing = self._global_max(max(0, need - len(kept)))
+            if missing == 0:
                 break
-            idx = draw_indices(len(self.train_dataset), need, self.args.seed, self.state.global_step, rank, round_ + 1)
+            if tries >= self.max_try - 1e-9:
+                raise FilterExhausted(
+                    f"online filtering kept {len(kept)} of the {need} groups this device needs after "
+                    f"{int(round(tries))} generations of {self.chunk} prompts (max_try_make_batch), because too few "
+                    f"prompts give rollouts whose mean {self.filter_key} score lies in ({self.filter_low}, "
+                    f"{self.filter_high}): the policy gets (almost) all of them right or all wrong. EasyR1 stops here "
+                    "too. Raise rl.max_try_make_batch, change rl.filter_key, or train with grpo."
+                )
+            per_device = self.chunk // world
+            idx = draw_indices(len(self.train_dataset), per_device, self.args.seed, self.state.global_step, rank,
+                               len(rounds))
             batch_inputs = [self.train_dataset[i] for i in idx for _ in range(g)]
-            resampled += need
-        chosen = informative[:need]
-        filled = flat[-(need - len(chosen)) :] if len(chosen) < need else []
-        chosen = sorted(chosen + filled)
-        # Dropped = zero-variance groups generated and not trained on.
-        dropped -= len(filled)
+            resampled += per_device
+        chosen = sorted(kept[:need])
         parts = []
         for r, scored in enumerate(rounds):
             rows = [grp * g + k for (rr, grp) in chosen if rr == r for k in range(g)]
             if rows:
                 parts.append(select_rows(scored, rows))
         merged = unsplit_pixel_values_by_grid(concat_batches(parts, self._tokenizer.pad_token_id))
-        mask = merged["completion_mask"] if merged.get("tool_mask") is None else merged["completion_mask"] * merged["tool_mask"]
-        merged["num_items_in_batch"] = self.accelerator.gather(mask.sum()).sum()
-        d, rs, f = self._global_sum([dropped, resampled, len(filled)])
+        d, rs = self._global_sum([dropped, resampled])
         metrics = self._metrics["train"]
         metrics["dynamic_sampling/dropped_groups"].append(float(d))
         metrics["dynamic_sampling/resampled_groups"].append(float(rs))
-        metrics["dynamic_sampling/filled_groups"].append(float(f))
         metrics["dynamic_sampling/rounds"].append(float(len(rounds)))
-        if f and self.accelerator.is_main_process:
-            log.warning(
-                "dynamic sampling: after %d generation rounds (max_rounds) at step %d, %d groups still had no "
-                "reward variance; the batch is filled with them (zero advantage, no policy gradient). The policy "
-                "is starved of signal: check the reward, or raise max_rounds.",
-                len(rounds),
-                self.state.global_step + 1,
-                f,
-            )
         return merged

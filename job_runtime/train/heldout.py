@@ -1,7 +1,8 @@
 """Held-out accuracy during RL: the other half of the deceptive-reward diagnostic.
 
-`HeldoutCallback` evaluates the policy on a fixed held-out set (greedy, batched HF ``generate``,
-answers scored by `job_runtime.eval.answers`) at step 0, every ``every`` optimiser steps (right after
+`HeldoutCallback` evaluates the policy on a fixed held-out set (batched HF ``generate``: greedy, or
+sampled at ``temperature``/``top_p`` as EasyR1 validates, 0.6 / 0.95; answers graded by ``grade``,
+the stage's training accuracy rule, else `job_runtime.eval.answers`) at step 0, every ``every`` optimiser steps (right after
 that step's training row is logged; the stage logs every step) and at the end, and logs ``heldout_accuracy`` through `StageMetrics.log`, so it lands in metrics.jsonl and
 Prometheus beside the training reward. When the metrics' deceptive-reward detector sets
 ``should_stop`` (the experiment asked to stop on deception), training stops and the best policy by
@@ -56,8 +57,10 @@ def _images(row: dict[str, Any]) -> list[Any]:
 
 
 @torch.no_grad()
-def generate_greedy(model, processor, rows: Sequence[dict[str, Any]], max_new_tokens: int, **generate_kwargs: Any) -> list[str]:
-    """Greedy completions (decoded text) for rows of {image(s), prompt}; one batch."""
+def generate_greedy(model, processor, rows: Sequence[dict[str, Any]], max_new_tokens: int, temperature: float = 0.0,
+                    top_p: float = 1.0, **generate_kwargs: Any) -> list[str]:
+    """Completions (decoded text) for rows of {image(s), prompt}; one batch. Greedy at temperature 0,
+    else sampled."""
     texts = [
         processor.apply_chat_template(prompt_messages(r), add_generation_prompt=True, tokenize=False) for r in rows
     ]
@@ -77,21 +80,29 @@ def generate_greedy(model, processor, rows: Sequence[dict[str, Any]], max_new_to
     out = model.generate(
         **inputs,
         max_new_tokens=max_new_tokens,
-        do_sample=False,
         pad_token_id=tokenizer.pad_token_id,
+        **({"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0
+           else {"do_sample": False}),
         **generate_kwargs,
     )
     completion_ids = out[:, inputs["input_ids"].shape[1] :]
     return tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
 
 
-def score(completions: Sequence[str], answers: Sequence[str]) -> int:
-    """Number of completions whose extracted answer matches the gold one.
+def _lenient(completion: str, gold: str, choices: Any = None) -> bool:
+    return bool(is_correct(extract_answer(completion), gold, list(choices) if choices else None))
+
+
+def score(completions: Sequence[str], answers: Sequence[str], grade: Callable[..., bool] | None = None,
+          choices: Sequence[Any] | None = None) -> int:
+    """Number of completions whose answer `grade` (default: the lenient eval extraction) accepts.
 
     >>> score(["<think>.</think> \\\\boxed{7}", "\\\\boxed{3}", "no answer"], ["7", "4", "1"])
     1
     """
-    return sum(bool(is_correct(extract_answer(_text(c)), str(a))) for c, a in zip(completions, answers))
+    grade = grade or _lenient
+    choices = choices or [None] * len(answers)
+    return sum(bool(grade(_text(c), str(a), ch)) for c, a, ch in zip(completions, answers, choices))
 
 
 class HeldoutCallback(TrainerCallback):
@@ -105,6 +116,8 @@ class HeldoutCallback(TrainerCallback):
         every: evaluation period in optimiser steps.
         max_new_tokens: longest completion (the RL max_completion_length).
         batch_size: prompts per generate call.
+        temperature, top_p: held-out decoding (0: greedy).
+        grade: ``grade(completion, gold, choices) -> bool``; default the lenient eval extraction.
         best_dir: where the best policy by held-out accuracy is saved when it improves (only
             needed when stopping on deception); None to skip saving.
 
@@ -122,6 +135,9 @@ class HeldoutCallback(TrainerCallback):
         max_new_tokens: int = 256,
         batch_size: int = 16,
         best_dir: str | Path | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        grade: Callable[..., bool] | None = None,
     ):
         self.rows = list(rows)
         self.processor = processor
@@ -131,6 +147,7 @@ class HeldoutCallback(TrainerCallback):
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.best_dir = Path(best_dir) if best_dir else None
+        self.temperature, self.top_p, self.grade = temperature, top_p, grade
         self.trainer: Any = None
         self.best: tuple[float, int] | None = None  # (accuracy, step)
         self.history: list[tuple[int, float]] = []
@@ -154,8 +171,10 @@ class HeldoutCallback(TrainerCallback):
                 batch = mine[b * self.batch_size : (b + 1) * self.batch_size] or self.rows[:1]
                 real = len(mine[b * self.batch_size : (b + 1) * self.batch_size])
                 with self._unwrapped(model) as m:
-                    completions = generate_greedy(m, self.processor, batch, self.max_new_tokens, **self._sync_kwargs())
-                correct += score(completions[:real], [r["answer"] for r in batch[:real]])
+                    completions = generate_greedy(m, self.processor, batch, self.max_new_tokens, self.temperature,
+                                                  self.top_p, **self._sync_kwargs())
+                correct += score(completions[:real], [r["answer"] for r in batch[:real]], self.grade,
+                                 [r.get("choices") for r in batch[:real]])
         finally:
             model.train(was_training)
         total = torch.tensor([correct, len(self.rows)], dtype=torch.float64)

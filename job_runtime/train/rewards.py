@@ -7,9 +7,15 @@ calls it: ``completions`` are plain strings or TRL's conversational form
 
 - `format_reward`: 1.0 when the response fully matches ``<think>.*</think>.*\\boxed\\{.*\\}.*``
   (DOTALL) after whitespace around ``<``, ``>`` and ``/`` is removed -- EasyR1's rule.
-- `accuracy_reward`: 1.0 when the answer extracted by `job_runtime.eval.answers.extract_answer` (the
-  last ``\\boxed{}`` first) equals the gold ``answer`` per `job_runtime.eval.answers.is_correct`
-  (choice letters resolved through a ``choices`` column; math equivalence by math-verify).
+- `accuracy_reward` (``rl.reward.accuracy_rule: mathruler``, the study's): EasyR1's rule
+  (examples/reward_function/math.py): 1.0 when the content of the *last* ``\\boxed{}`` of the whole
+  response is the gold ``answer`` under mathruler's ``grade_answer``
+  (`job_runtime.eval.mathruler`); a response without a box earns 0, whatever it says.
+- `lenient_accuracy_reward` (``accuracy_rule: lenient``): sftrl's eval extraction
+  (`job_runtime.eval.answers.extract_answer`: the last box, else an answer after ``</think>``, a
+  "final answer" line, ``<answer>`` tags, "answer is", a choice letter) judged by
+  `job_runtime.eval.answers.is_correct` (letters through a ``choices`` column, math-verify). It
+  rewards unboxed answers that EasyR1 scores 0, so weak models look less starved than in the paper.
 - `weighted` / `build`: the functions and weights for TRL (``reward_funcs`` + ``reward_weights``),
   so TRL logs each component (``rewards/accuracy_reward/mean``, ``rewards/format_reward/mean``)
   and their weighted sum (``reward``). Custom rewards are named by dotted import path.
@@ -18,6 +24,8 @@ calls it: ``completions`` are plain strings or TRL's conversational form
 [1.0, 0.0]
 >>> accuracy_reward([[{"role": "assistant", "content": "<think>.</think> \\\\boxed{4}"}]], answer=["4"])
 [1.0]
+>>> accuracy_reward(["<think>.</think> The answer is 4."], answer=["4"]), lenient_accuracy_reward(["<think>.</think> The answer is 4."], answer=["4"])
+([0.0], [1.0])
 """
 
 from __future__ import annotations
@@ -26,8 +34,9 @@ import importlib
 import re
 from typing import Any, Callable, Sequence
 
+from job_runtime.contract import AccuracyRule, RewardWeights
+from job_runtime.eval import mathruler
 from job_runtime.eval.answers import extract_answer, is_correct
-from job_runtime.contract import RewardWeights
 
 RewardFn = Callable[..., list[float]]
 
@@ -88,30 +97,63 @@ def _column(values: Any, n: int) -> list[Any]:
     return list(values)
 
 
-def accuracy_reward(
-    completions: Sequence[Any], answer: Sequence[str] | None = None, choices: Sequence[Any] | None = None, **_: Any
-) -> list[float]:
-    """1.0 when the extracted final answer equals the gold `answer` (letters via `choices`).
+def accuracy_reward(completions: Sequence[Any], answer: Sequence[str] | None = None, **_: Any) -> list[float]:
+    """EasyR1's accuracy reward: the last ``\\boxed{}`` graded by mathruler's rules, no box = 0.
 
     >>> accuracy_reward(["<think>.</think> \\\\boxed{1} then \\\\boxed{2}"], answer=["2"])  # the last box counts
     [1.0]
-    >>> accuracy_reward(["\\\\boxed{\\\\frac{1}{2}}"], answer=["0.5"])                   # fraction vs decimal
-    [1.0]
-    >>> accuracy_reward(["\\\\boxed{B}", "\\\\boxed{cat}"], answer=["dog", "dog"], choices=[["cat", "dog"]] * 2)
+    >>> accuracy_reward(["\\\\boxed{\\\\frac{1}{2}}", "\\\\boxed{2/4}"], answer=["0.5", "1/2"])  # unreduced: wrong
     [1.0, 0.0]
-    >>> accuracy_reward(["no answer"], answer=["3"])
+    """
+    golds = _golds(completions, answer)
+    return [mathruler.accuracy(completion_text(c), str(g)) if g is not None else 0.0 for c, g in zip(completions, golds)]
+
+
+def lenient_accuracy_reward(
+    completions: Sequence[Any], answer: Sequence[str] | None = None, choices: Sequence[Any] | None = None, **_: Any
+) -> list[float]:
+    """1.0 when sftrl's eval extraction finds the gold `answer` (letters via `choices`).
+
+    >>> lenient_accuracy_reward(["\\\\boxed{\\\\frac{1}{2}}"], answer=["0.5"])                   # fraction vs decimal
+    [1.0]
+    >>> lenient_accuracy_reward(["\\\\boxed{B}", "\\\\boxed{cat}"], answer=["dog", "dog"], choices=[["cat", "dog"]] * 2)
+    [1.0, 0.0]
+    >>> lenient_accuracy_reward(["no answer"], answer=["3"])
     [0.0]
     """
-    if answer is None:
-        raise ValueError("accuracy_reward needs an 'answer' column in the training data. Add one to the RL rows.")
-    n = len(completions)
-    golds, opts = _column(answer, n), _column(choices, n)
+    golds, opts = _golds(completions, answer), _column(choices, len(completions))
     out = []
     for c, gold, ch in zip(completions, golds, opts):
         pred = extract_answer(completion_text(c))
         ok = pred is not None and gold is not None and is_correct(pred, str(gold), list(ch) if ch else None)
         out.append(1.0 if ok else 0.0)
     return out
+
+
+def _golds(completions: Sequence[Any], answer: Any) -> list[Any]:
+    if answer is None:
+        raise ValueError("accuracy_reward needs an 'answer' column in the training data. Add one to the RL rows.")
+    return _column(answer, len(completions))
+
+
+ACCURACY_RULES: dict[str, RewardFn] = {"mathruler": accuracy_reward, "lenient": lenient_accuracy_reward}
+
+
+def accuracy_for(rule: AccuracyRule) -> RewardFn:
+    """The accuracy reward of a rule, named ``accuracy_reward`` (TRL logs rewards/<name>/mean).
+
+    >>> accuracy_for("lenient").__name__, accuracy_for("lenient")(["Answer: 4"], answer=["4"])
+    ('accuracy_reward', [1.0])
+    """
+    fn = ACCURACY_RULES[rule]
+    if fn is accuracy_reward:
+        return fn
+
+    def named(completions: Sequence[Any], **columns: Any) -> list[float]:
+        return fn(completions, **columns)
+
+    named.__name__ = "accuracy_reward"
+    return named
 
 
 def load_custom(path: str) -> RewardFn:
@@ -138,7 +180,7 @@ def load_custom(path: str) -> RewardFn:
     return fn
 
 
-def weighted(weights: RewardWeights) -> tuple[list[RewardFn], list[float]]:
+def weighted(weights: RewardWeights, rule: AccuracyRule = "mathruler") -> tuple[list[RewardFn], list[float]]:
     """(reward functions, weights) for TRL: accuracy, format, then custom rewards in name order.
 
     TRL sums ``weight x reward`` per completion and logs each function's mean under
@@ -148,7 +190,7 @@ def weighted(weights: RewardWeights) -> tuple[list[RewardFn], list[float]]:
     >>> [f.__name__ for f in fns], ws
     (['accuracy_reward', 'format_reward'], [0.9, 0.1])
     """
-    funcs: list[RewardFn] = [accuracy_reward, format_reward]
+    funcs: list[RewardFn] = [accuracy_for(rule), format_reward]
     ws = [float(weights.accuracy), float(weights.format)]
     for path in sorted(weights.custom):
         funcs.append(load_custom(path))
@@ -159,13 +201,13 @@ def weighted(weights: RewardWeights) -> tuple[list[RewardFn], list[float]]:
 build = weighted
 
 
-def combined(weights: RewardWeights) -> RewardFn:
+def combined(weights: RewardWeights, rule: AccuracyRule = "mathruler") -> RewardFn:
     """One function returning the weighted sum (for callers that take a single reward).
 
     >>> combined(RewardWeights())(["<think>.</think> \\\\boxed{4}"], answer=["4"])
     [1.0]
     """
-    funcs, ws = weighted(weights)
+    funcs, ws = weighted(weights, rule)
 
     def total(completions: Sequence[Any], **columns: Any) -> list[float]:
         parts = [f(completions, **columns) for f in funcs]

@@ -1,4 +1,4 @@
-"""Setup shared by the SFT and RL stages: world size, batch arithmetic, TRL pass-through checks."""
+"""Setup shared by the SFT and RL stages: world size, batch arithmetic, TRL pass-through checks, frozen modules."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import dataclasses
 import difflib
 import os
 from typing import Any
+
+from job_runtime.contract import RecipeError, divide_batch
 
 
 class TrainerConfigError(ValueError):
@@ -27,15 +29,10 @@ def accumulation(total: int, per_device: int, world_size: int, what: str, why: s
     ...
     job_runtime.train.setup.TrainerConfigError: sft.global_batch_size 100 does not divide into per_device_batch_size x world_size = 4 x 8 = 32, because global batch = per-device batch x accumulation x world size. Use a multiple of 32 (e.g. 96 or 128), or change per_device_batch_size.
     """
-    per_pass = per_device * world_size
-    if total % per_pass:
-        lower, upper = total // per_pass * per_pass, (total // per_pass + 1) * per_pass
-        examples = f"{lower} or {upper}" if lower else f"{upper}"
-        raise TrainerConfigError(
-            f"{what} {total} does not divide into per_device_batch_size x world_size = {per_device} x {world_size} = "
-            f"{per_pass}, {why}. Use a multiple of {per_pass} (e.g. {examples}), or change per_device_batch_size."
-        )
-    return total // per_pass
+    try:
+        return divide_batch(total, per_device, world_size, what, why)
+    except RecipeError as e:
+        raise TrainerConfigError(str(e)) from None
 
 
 def check_trl_overrides(trl: dict[str, Any], config_cls: type, section: str) -> None:
@@ -58,3 +55,29 @@ def check_trl_overrides(trl: dict[str, Any], config_cls: type, section: str) -> 
                 f"{section}.trl.{key} is not a trl.{name} field, because TRL's {name} has no option of that name. "
                 f"Fix the spelling{hint} or remove it."
             )
+
+
+# LLaMA-Factory src/llamafactory/model/model_utils/visual.py, model types qwen2_vl and qwen2_5_vl:
+# freeze_vision_tower freezes parameters whose names contain a vision key, freeze_multi_modal_projector
+# those containing the projector key (the patch merger).
+VISION_TOWER_KEYS = ("visual.patch_embed", "visual.blocks")
+PROJECTOR_KEYS = ("visual.merger",)
+
+
+def freeze_modules(model: Any, vision_tower: bool, projector: bool) -> list[str]:
+    """Set requires_grad=False on the vision tower and/or projector, as LLaMA-Factory does; the
+    names of the frozen parameters (none found with a freeze asked for: an error naming the model).
+    """
+    keys = (VISION_TOWER_KEYS if vision_tower else ()) + (PROJECTOR_KEYS if projector else ())
+    frozen = []
+    for name, param in model.named_parameters():
+        if any(k in name for k in keys):
+            param.requires_grad_(False)
+            frozen.append(name)
+    if keys and not frozen:
+        raise TrainerConfigError(
+            f"sft.freeze_vision_tower / freeze_multi_modal_projector found no parameter named like {list(keys)} in "
+            f"{type(model).__name__}, because only Qwen2-VL-style models (visual.blocks, visual.merger) are known. "
+            "Set both to false for this model."
+        )
+    return frozen

@@ -66,7 +66,7 @@ def test_zero_gpus_is_fine_for_the_builtin_cpu_model():
     raw["spec"]["models"] = [{"name": "tiny", "path": "builtin://tiny-qwen2-vl"}]
     raw["spec"]["resources"] = {"default": {"gpus_per_node": 0, "nodes": 1, "deepspeed": "none"}}
     raw["spec"]["sft"] = {"global_batch_size": 8, "per_device_batch_size": 8}
-    raw["spec"]["rl"] = {"global_batch_size": 8, "per_device_batch_size": 8, "num_generations": 2}
+    raw["spec"]["rl"] = {"global_batch_size": 8, "per_device_batch_size": 4, "num_generations": 2}  # updates of 2 x 2
     exp = validate_dict(raw)
     job = render.render_job(next(iter(build_plan(exp).stages.values())), exp)
     assert job["spec"]["nprocPerNode"] == "1"

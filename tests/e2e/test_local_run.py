@@ -32,7 +32,8 @@ def mini_experiment(tmp_path: Path) -> Path:
     s["storage"] = str(tmp_path / "runs")
     s["scales"] = [64]
     s["sft"].update(epochs=1)
-    s["rl"].update(epochs=1, global_batch_size=4, per_device_batch_size=16, heldout_every_steps=2, heldout_size=16)
+    s["rl"].update(epochs=1, global_batch_size=4, mini_batch_size=4, per_device_batch_size=16, heldout_every_steps=2,
+                   heldout_size=16)
     s["eval"].update(limit=32)
     s["data"][0]["heldout"] = "builtin://synthetic/test?n=16&seed=1"
     s["execution"]["max_parallel"] = 1

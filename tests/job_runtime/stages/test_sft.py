@@ -46,6 +46,9 @@ def test_config_kwargs_pass_through_and_deepspeed():
     assert kw["deepspeed"] == ds and kw["max_grad_norm"] == 0.5
     assert kw["gradient_accumulation_steps"] == 32 and kw["completion_only_loss"] is True
     assert kw["lr_scheduler_type"] == "cosine" and kw["warmup_steps"] == 0.1 and kw["use_cpu"] is True
+    assert kw["max_length"] == 2048  # LLaMA-Factory's cutoff_len
+    trl = sft.sft_config_kwargs(stage("file:///x"), SFTParams(recipe="trl"), "/o", 1, False)
+    assert (trl["lr_scheduler_type"], trl["warmup_steps"], trl["max_length"]) == ("linear", 0, 1024)
 
 
 @pytest.mark.parametrize(
@@ -110,6 +113,7 @@ def test_short_run_file_output_pinned_metrics_and_resume(tmp_path):
     assert results["samples_seen"] == 32 and results["final_loss"] == pytest.approx(logged[-1]["loss"])
     # the published model and processor load back
     model = modeling.load_model(f"{out}/model", for_training=False)
+    _assert_vision_frozen(model, frozen=True)
     assert modeling.load_processor(f"{out}/model").tokenizer.eos_token == "<|im_end|>"
     assert type(model).__name__ == "Qwen2VLForConditionalGeneration"
     ckpts = sorted(p.name for p in (tmp_path / "stage" / "checkpoints").iterdir())
@@ -126,6 +130,30 @@ def test_short_run_file_output_pinned_metrics_and_resume(tmp_path):
     resumed = rows(out)
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]  # history restored from the checkpoint, not redone
     assert resumed[3]["loss"] == pytest.approx(logged[3]["loss"], rel=1e-3)
+
+
+def _assert_vision_frozen(trained, frozen: bool) -> None:
+    """LLaMA-Factory's freeze_vision_tower / freeze_multi_modal_projector: visual.* equal to the base
+    model's; the language model changed."""
+    from job_runtime.builtin.tiny_model import tiny_model_path
+
+    base = dict(modeling.load_model(str(tiny_model_path()), for_training=False).named_parameters())
+    params = dict(trained.named_parameters())
+    vision = [n for n in params if "visual." in n]
+    merger = [n for n in vision if "visual.merger" in n]
+    assert vision and merger
+    same = [bool((params[n] == base[n]).all()) for n in vision]
+    assert all(same) if frozen else not all(same), vision
+    language = [n for n in params if "language_model" in n and "layers" in n]
+    assert not all(bool((params[n] == base[n]).all()) for n in language)
+
+
+def test_the_trl_recipe_trains_the_vision_tower(tmp_path):
+    out = f"file://{tmp_path}/stage"
+    sft.run(stage(out, {**SHORT, "recipe": "trl", "save_steps": 100}, scale=16))
+    results = storage.read_json(storage.join(out, "results.json"))
+    assert results["recipe"] == "trl" and results["frozen_parameters"] == 0
+    _assert_vision_frozen(modeling.load_model(f"{out}/model", for_training=False), frozen=False)
 
 
 @pytest.mark.slow

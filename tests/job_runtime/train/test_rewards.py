@@ -14,6 +14,7 @@ from job_runtime.train.rewards import (
     RewardConfigError,
     accuracy_reward,
     combined,
+    lenient_accuracy_reward,
     completion_text,
     format_reward,
     load_custom,
@@ -52,27 +53,53 @@ def test_format_reward(text, expected):
 
 
 @pytest.mark.parametrize(
-    "text,gold,choices,expected",
+    "text,gold,choices,study,lenient",
     [
-        ("<think>.</think> \\boxed{7}", "7", None, 1.0),
-        ("<think>.</think> \\boxed{8}", "7", None, 0.0),
-        ("<think>\\boxed{7}</think> \\boxed{1} and finally \\boxed{8}", "8", None, 1.0),  # last box wins
-        ("<think>.</think> \\boxed{\\frac{3}{4}}", "0.75", None, 1.0),  # fraction vs decimal
-        ("<think>.</think> \\boxed{0.5}", "\\frac{1}{2}", None, 1.0),
-        ("<think>.</think> \\boxed{\\{1, 2\\}}", "\\{1,2\\}", None, 1.0),  # nested braces in the box
-        ("<think>.</think> \\boxed{5 cm}", "5", None, 1.0),  # a unit around the right number
-        ("<think>.</think> \\boxed{B}", "dog", ["cat", "dog"], 1.0),  # letter vs option text
-        ("<think>.</think> \\boxed{dog}", "B", ["cat", "dog"], 1.0),  # option text vs gold letter
-        ("<think>.</think> \\boxed{A}", "dog", ["cat", "dog"], 0.0),
-        ("<think>it is 7", "7", None, 0.0),  # no final answer at all
+        ("<think>.</think> \\boxed{7}", "7", None, 1.0, 1.0),
+        ("<think>.</think> \\boxed{8}", "7", None, 0.0, 0.0),
+        ("<think>\\boxed{7}</think> \\boxed{1} and finally \\boxed{8}", "8", None, 1.0, 1.0),  # last box wins
+        ("<think>.</think> \\boxed{\\frac{3}{4}}", "0.75", None, 1.0, 1.0),  # fraction vs decimal
+        ("<think>.</think> \\boxed{0.5}", "\\frac{1}{2}", None, 1.0, 1.0),
+        ("<think>.</think> \\boxed{\\{1, 2\\}}", "\\{1,2\\}", None, 1.0, 1.0),  # nested braces in the box
+        ("<think>.</think> \\boxed{5 cm}", "5", None, 1.0, 1.0),  # a unit around the right number
+        ("<think>.</think> \\boxed{2/4}", "1/2", None, 0.0, 1.0),  # mathruler: an unreduced fraction is wrong
+        # mathruler knows no options: a letter is graded against the gold text as it is.
+        ("<think>.</think> \\boxed{B}", "dog", ["cat", "dog"], 0.0, 1.0),
+        ("<think>.</think> \\boxed{dog}", "B", ["cat", "dog"], 0.0, 1.0),
+        ("<think>.</think> \\boxed{B}", "B", ["cat", "dog"], 1.0, 1.0),
+        ("<think>.</think> \\boxed{A}", "dog", ["cat", "dog"], 0.0, 0.0),
+        ("<think>it is 7", "7", None, 0.0, 0.0),  # no final answer at all
+        # Unboxed correct answers: EasyR1 (the study) gives 0, sftrl's lenient extraction gives credit.
+        ("<think>3 + 4</think> The answer is 7.", "7", None, 0.0, 1.0),
+        ("<think>3 + 4</think> Final answer: 7", "7", None, 0.0, 1.0),
+        ("<think>3 + 4</think> <answer>7</answer>", "7", None, 0.0, 1.0),
+        ("<think>3 + 4</think> \\boxed{7", "7", None, 0.0, 0.0),  # a box that never closes
     ],
 )
-def test_accuracy_reward(text, gold, choices, expected):
+def test_accuracy_reward_study_and_lenient(text, gold, choices, study, lenient):
     kwargs = {"answer": [gold]}
     if choices is not None:
         kwargs["choices"] = [choices]
-    assert accuracy_reward([text], **kwargs) == [expected]
-    assert accuracy_reward([conv(text)], **kwargs) == [expected]
+    for fn, expected in ((accuracy_reward, study), (lenient_accuracy_reward, lenient)):
+        assert fn([text], **kwargs) == [expected], fn.__name__
+        assert fn([conv(text)], **kwargs) == [expected], fn.__name__
+
+
+def test_the_recipe_picks_the_accuracy_rule():
+    """easyr1 (the study default) grades an unboxed correct answer 0; the lenient option gives it credit."""
+    from job_runtime.contract import RLParams, resolve_rl
+
+    text, gold = "<think>3 + 4</think> The answer is 7.", "7"
+    for params, expected in (
+        (RLParams(), 0.0),
+        (RLParams(reward={"accuracy_rule": "lenient"}), 1.0),
+        (RLParams(recipe="trl"), 1.0),
+        (RLParams(recipe="trl", reward={"accuracy_rule": "mathruler"}), 0.0),
+    ):
+        rule = resolve_rl(params, "grpo", 1)["accuracy_rule"]
+        funcs, _ = weighted(params.reward, rule)
+        assert funcs[0].__name__ == "accuracy_reward"  # the logged key is the same under both rules
+        assert funcs[0]([text], answer=[gold]) == [expected], (params.recipe, rule)
 
 
 def test_accuracy_needs_the_answer_column():
