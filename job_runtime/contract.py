@@ -487,6 +487,21 @@ def _recipe(params: BaseModel, name: str, value: Any, note: str, owner: Any = No
     return Setting(value, f"recipe {params.recipe}", note)  # type: ignore[attr-defined]
 
 
+def _save_steps(params: RLParams, updates: int) -> Setting:
+    """Checkpoints fall on whole rollout batches, so a resumed stage regenerates where an
+    uninterrupted one would (TRL keeps a rollout batch's generations in memory, not in checkpoints).
+
+    >>> [_save_steps(RLParams(save_steps=s), u).value for s, u in ((50, 4), (8, 4), (50, 1))]
+    [52, 8, 50]
+    """
+    save_steps = params.save_steps
+    rounded = -(-save_steps // updates) * updates
+    if rounded == save_steps:
+        return _default(params, "save_steps")
+    return Setting(rounded, "derived", f"rl.save_steps {save_steps} rounded up to whole rollout batches "
+                                       f"of {updates} updates")
+
+
 def resolve_rl(params: RLParams, algorithm: str | None, world_size: int, seed: int = 0) -> Resolved:
     """The GRPOConfig fields and the sftrl behaviour of an rl stage, each with its source.
 
@@ -541,7 +556,7 @@ def resolve_rl(params: RLParams, algorithm: str | None, world_size: int, seed: i
                                 f"{EASYR1_CONFIG}: optim.weight_decay" if easy else "TRL default"),
         "seed": Setting(seed, "derived", "the run's seed"),
         "logging_steps": Setting(1, "sftrl", "a metrics row per optimiser step"),
-        "save_steps": _default(params, "save_steps"),
+        "save_steps": _save_steps(params, updates),
         "save_total_limit": Setting(RL_KEEP_CHECKPOINTS, "sftrl", "complete checkpoints kept in storage"),
         "disable_tqdm": Setting(True, "sftrl", "one log line per step instead"),
     }
