@@ -38,6 +38,20 @@ from job_runtime.eval.benchmarks.numbers import clean_latex, to_number
 
 NO_ANSWER = "N/A"  # what GPT-4 most often extracts from a response without an answer
 
+# The stand-in's rules by name, each switched off by adding its name to OFF: bench/official_agreement.py
+# measures what each one adds on every source model and chooses rules leaving one model out.
+RULES: dict[str, str] = {}
+OFF: set[str] = set()
+
+
+def _rule(name: str, what: str) -> str:
+    RULES[name] = what
+    return name
+
+
+def _on(name: str) -> bool:
+    return name not in OFF
+
 
 # --- the authors' normalisation (calculate_score.py) -------------------------------------------
 
@@ -245,14 +259,49 @@ def named_option(response: str, choices: list[str]) -> str | None:
     return None
 
 
+REFUSAL = _rule("refusal", "a response that says the question cannot be answered is 'N/A' (GPT-4 copies a "
+                "'cannot be determined/answered' it reads), not an option; unless an option says so itself")
+_DECLINES = re.compile(
+    r"\b(?:cannot|can ?not|can't|unable to|impossible to|not possible to|no way to|(?:do not|don't) have enough"
+    r"|not (?:enough|sufficient)|insufficient"
+    r"|without (?:more|additional|specific|further|the|any)\b[^.]*\b(?:information|context|data|details|image|figure|diagram)"
+    r"|not (?:provided|given|specified|clear))", re.IGNORECASE)
+_UNDECIDED_OPTION = re.compile(r"can'?t|cannot|not (?:possible|enough|determin)|insufficient|unknown|none of", re.IGNORECASE)
+
+
+def declined(sents: list[str], choices: list[str]) -> str | None:
+    """What GPT-4 extracts from a response that declines to answer, or None when it answers.
+
+    The conclusion (last two sentences, or a short response's first) says it cannot tell; an option that is
+    itself "can't tell" makes that an answer, not a refusal.
+
+    >>> declined(["The text does not give the sizes.", "Thus, the answer cannot be determined."], ["Yes", "No"])
+    'Cannot be determined'
+    >>> declined(["Without the figure, it is impossible to tell."], ["3", "4"]), declined(["It is 4."], ["3", "4"])
+    ('N/A', None)
+    """
+    if not sents or any(_UNDECIDED_OPTION.search(c) for c in choices):
+        return None
+    first = re.sub(r"^[\W_]+", "", sents[0]).lower()
+    if re.match(r"(?:yes|no)\b", first):
+        return None
+    tail = sents[-2:]
+    if not (any(_DECLINES.search(s) for s in tail) or (len(sents) <= 3 and _DECLINES.search(sents[0]))):
+        return None
+    m = re.search(r"cannot be (determined|answered)", " ".join(sents), re.IGNORECASE)
+    return f"Cannot be {m.group(1).lower()}" if m else NO_ANSWER
+
+
 def _multi_choice(response: str, choices: list[str]) -> str:
     ans, _ = find_answer(response)
     if ans is not None:
         letter = choice_letter(ans, choices)
         return LETTERS[LETTERS.index(letter)] if letter else ans
-    letter = _letter_stated(response, len(choices))
+    letter = _letter_stated(response, len(choices), choices)
     if letter:
         return letter
+    if _on(REFUSAL) and (refused := declined(_sentences(response), choices)) is not None:
+        return refused
     yn = yes_no(response, choices)
     if yn is not None:
         return yn
@@ -263,12 +312,35 @@ def _multi_choice(response: str, choices: list[str]) -> str:
     return value if value is not None else NO_ANSWER
 
 
+LETTER_PHRASES = _rule("letter_phrases", "an option letter named by a phrase ('the correct option letter for ... is C', "
+                      "'I will select \"B\"', '选项B', '（D）') is extracted, even a letter beyond the options")
 _LETTER_LINE = re.compile(r"^\s*\(?([A-Z])\)?(?:[.:)]|\s*$|\s)")
+_Q = r"[\"'“‘]?"
+_L = r"[(（]?([A-Z])[)）]?"
+_END = r"(?![\w'’])"
 _LETTER_PHRASE = re.compile(
-    r"(?:option|choice|answer|选项|答案)\s*(?:is|:|为|是)?\s*\(?([A-Z])\)?(?![\w])|\(([A-Z])\)", re.IGNORECASE)
+    r"(?:option|choice|answer)\s*(?:is|:|为|是)?\s*\(?([A-Z])\)?(?![\w])|\(([A-Z])\)", re.IGNORECASE)
+_NAMED_LETTER = re.compile("|".join([
+    r"(?:option|choice)\s+" + _Q + _L + _Q + _END,
+    r"(?:option|choice|answer|letter)s?(?:\s+letter)?(?:\s+(?![A-Z]\b)[\w'’-]+){0,8}?\s*(?:\bis|\bwould be|\bshould be"
+    r"|\bwill be|:|：)\s*" + _Q + _L + _Q + _END,
+    r"(?:select|choose|pick|go with|opt for)\s+(?:option\s+|choice\s+)?" + _Q + _L + _Q + _END,
+    r"(?:选项|答案)[为是:：\s]*" + _L,
+    r"(?<![\w])\(([A-Z])\)|（([A-Z])）",
+]), re.IGNORECASE)
 
 
-def _letter_stated(response: str, n: int) -> str | None:
+def _option_after(text: str, valid: str, choices: list[str] | None) -> str | None:
+    words = _words(text)[:6]
+    for letter, c in zip(valid, choices or []):
+        cw = _words(str(c))
+        if cw and words[: len(cw)] == cw:
+            return letter
+    return None
+
+
+def _letter_stated(response: str, n: int, choices: list[str] | None = None) -> str | None:
+    """The option letter a response states: a leading "(B)"/"B." , a last line "B", else the last sentence naming one."""
     valid = LETTERS[:n]
     text = response.strip()
     m = _LETTER_LINE.match(text)
@@ -278,8 +350,15 @@ def _letter_stated(response: str, n: int) -> str | None:
     if len(last) <= 3 and (m := _LETTER_LINE.match(last)) and m.group(1) in valid:
         return m.group(1)
     for s in reversed(_sentences(text)):
-        hits = [a or b for a, b in _LETTER_PHRASE.findall(s)]
-        hits = [h.upper() for h in hits if h.upper() in valid]
+        if _on(LETTER_PHRASES):
+            hits = []
+            for m in _NAMED_LETTER.finditer(s):
+                h = next(g for g in m.groups() if g)
+                if h.isupper():  # a letter beyond the options that is followed by an option's text names that option
+                    hits.append(h if h in valid else _option_after(s[m.end():], valid, choices) or h)
+        else:
+            hits = [a or b for a, b in _LETTER_PHRASE.findall(s)]
+            hits = [h.upper() for h in hits if h.upper() in valid]
         if hits:
             return hits[-1]
     return None
@@ -288,24 +367,42 @@ def _letter_stated(response: str, n: int) -> str | None:
 _QUESTION = re.compile(r"\n\s*(?:Question|Q)\s*:", re.IGNORECASE)
 
 
-def answer_part(row: dict[str, Any], response: str) -> str:
-    """The part of a response GPT-4 reads the answer from when the model went on with more questions.
+MADE_UP = _rule("made_up_question", "a model that makes up a new question and solves it is read at that "
+                "question's answer, as it states it (a number, a letter), not by the options of the one it was asked")
+
+
+def answer_part(row: dict[str, Any], response: str) -> tuple[str, bool]:
+    """(the part of a response GPT-4 reads the answer from, whether it answers a question the model made up).
 
     A model that repeats the question it was asked answers it in the first block that answers; one that
     makes up a new question and solves it is read at its last conclusion (as GPT-4 did on the dev set).
     """
     blocks = _QUESTION.split(response)
     if len(blocks) == 1:
-        return response
+        return response, False
     asked = _words(str(row.get("question", "")))[:8]
     repeats = all(_words(b)[: len(asked)] == asked for b in blocks[1:] if b.strip())
     if not repeats:
         last = blocks[-1]
-        return last if _CONCLUSION.search(last) or find_answer(last)[0] is not None else response
+        if _CONCLUSION.search(last) or find_answer(last)[0] is not None:
+            return last, True
+        return response, False
     for i, block in enumerate(blocks):
         if find_answer(block)[0] is not None or _letter_stated(block, 26):
-            return "\nQuestion:".join(blocks[: i + 1])
-    return response
+            return "\nQuestion:".join(blocks[: i + 1]), False
+    return response, False
+
+
+def _made_up_answer(part: str) -> str:
+    """The answer to a question the model made up, as it states it: an explicit answer, a letter, a number."""
+    ans, _ = find_answer(part)
+    if ans is not None:
+        return ans
+    letter = _letter_stated(part, 8)  # a made-up question's options: A to H
+    if letter:
+        return letter
+    value = _free_form(part)
+    return value if value is not None else NO_ANSWER
 
 
 def extract(row: dict[str, Any], response: str) -> str:
@@ -313,9 +410,11 @@ def extract(row: dict[str, Any], response: str) -> str:
     resp = response or ""
     if not resp:
         return ""
-    if resp not in [str(c) for c in row.get("choices") or []]:
-        resp = answer_part(row, resp)
     choices = [str(c) for c in row.get("choices") or []]
+    if resp not in choices:
+        resp, made_up = answer_part(row, resp)
+        if made_up and _on(MADE_UP):
+            return _made_up_answer(resp)
     if row.get("question_type") == "multi_choice" and resp in choices:
         return resp
     atype = row.get("answer_type")
