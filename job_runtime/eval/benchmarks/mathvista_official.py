@@ -152,6 +152,10 @@ def _numbers(sentence: str) -> list[tuple[int, str]]:
     return out
 
 
+LAST_STATED = _rule("last_stated", "of a sentence's numbers, the last one stated ('... is 12', '= 12') is its result, "
+                    "not the first ('AOB = 100 and BAC = 80, so ACB is 50' states 50)")
+
+
 def _stated_number(sentence: str) -> str | None:
     """The number a sentence states as its result: a bold one, the one after "is"/"=", else its last."""
     bold = [b for b in re.findall(r"\*\*(.+?)\*\*", sentence) if _numbers(b)]
@@ -160,6 +164,9 @@ def _stated_number(sentence: str) -> str | None:
     nums = _numbers(sentence)
     if not nums:
         return None
+    if _on(LAST_STATED):
+        stated = [value for pos, value in nums if _STATED.search(sentence[:pos])]
+        return stated[-1] if stated else nums[-1][1]
     if "=" in sentence:  # "5 + 7 = 12": the result of the last equation
         after = _numbers(sentence[sentence.rindex("=") + 1 :])
         if after:
@@ -227,7 +234,83 @@ def _words(text: str) -> list[str]:
     return [w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in _STOP]
 
 
-def _option_in(sentence: str, choices: list[str]) -> str | None:
+OPTION_WORDS = _rule("option_words", "an option is named by the words that set it apart from the other options "
+                     "(word endings aside; 'Solution A' keeps its capital), words the question already holds "
+                     "counting half, or by its whole text ('5:30', '0.33%')")
+
+
+def _stem(w: str) -> str:
+    for suffix in ("ing", "ed", "es", "s", "e"):
+        if len(w) > len(suffix) + 3 and w.endswith(suffix):
+            return w[: -len(suffix)]
+    return w
+
+
+def _tokens(text: str) -> list[str]:
+    """Words for naming options: lower case, stop words out, endings off; a lone capital ('sample A') kept."""
+    out = []
+    for w in re.findall(r"[A-Za-z0-9]+", text):
+        if len(w) == 1 and w.isupper():
+            out.append(w)
+        elif (low := w.lower()) not in _STOP:
+            out.append(_stem(low))
+    return out
+
+
+def _verbatim(sentence: str, choices: list[str]) -> str | None:
+    """The longest option of figures and symbols, not words alone nor a bare number ('5:30', '0.33%', '(1, 0)'),
+    whose whole text the sentence holds."""
+    flat = " ".join(sentence.lower().split())
+    best = None
+    for c in choices:
+        opt = " ".join(str(c).lower().split())
+        if (not opt or re.fullmatch(r"[-+]?[\d.]+|[^\W\d_]+(?: [^\W\d_]+)*", opt)
+                or (best is not None and len(opt) <= len(best))):
+            continue
+        if re.search(r"(?<![\w.])" + re.escape(opt) + r"(?![\w])", flat):
+            best = str(c)
+    return best
+
+
+def _option_in(sentence: str, choices: list[str], question: str = "") -> str | None:
+    """The option a sentence names (see OPTION_WORDS), or None."""
+    if not _on(OPTION_WORDS):
+        return _option_in_v1(sentence, choices)
+    whole = _verbatim(sentence, choices)
+    if whole is not None:
+        return whole
+    words = _tokens(sentence)
+    if not words:
+        return None
+    opts = [set(_tokens(str(c))) for c in choices]
+    common = set.intersection(*opts) if len(opts) > 1 else set()
+    words = _unasked(sentence, set(_tokens(question))) or words
+    best, best_key = None, None
+    for c, ow in zip(choices, opts):
+        own = (ow - common) or ow
+        if not own or not any(w.isalpha() for w in own):
+            continue
+        hits = [w for w in own if w in words]
+        share = len(hits) / len(own)
+        if share < 0.5 or (len(own) <= 2 and share < 1):
+            continue
+        key = (-share, min(words.index(w) for w in hits), -len(own))
+        if best_key is None or key < best_key:
+            best, best_key = str(c), key
+    return best
+
+
+def _unasked(sentence: str, asked: set[str]) -> list[str]:
+    """The sentence's words without the clauses that only restate the question ("If pelicans increase, ...")."""
+    out = []
+    for clause in re.split(r"[,;:]", sentence):
+        toks = _tokens(clause)
+        if not toks or not set(toks) <= asked:
+            out += toks
+    return out
+
+
+def _option_in_v1(sentence: str, choices: list[str]) -> str | None:
     """The option a sentence names: the most of its words present (all of a one-word option), earliest first."""
     words = _words(sentence)
     if not words:
@@ -248,12 +331,12 @@ def _option_in(sentence: str, choices: list[str]) -> str | None:
     return best
 
 
-def named_option(response: str, choices: list[str]) -> str | None:
+def named_option(response: str, choices: list[str], question: str = "") -> str | None:
     """The option the answer sentence names: the first sentence of a short answer, else the conclusion."""
     sents = _sentences(response)
     order = sents if len(sents) <= 3 else [s for s in reversed(sents) if _CONCLUSION.search(s)] + sents[:1]
     for s in order:
-        named = _option_in(s, choices)
+        named = _option_in(s, choices, question)
         if named is not None:
             return named
     return None
@@ -264,6 +347,7 @@ REFUSAL = _rule("refusal", "a response that says the question cannot be answered
 _DECLINES = re.compile(
     r"\b(?:cannot|can ?not|can't|unable to|impossible to|not possible to|no way to|(?:do not|don't) have enough"
     r"|not (?:enough|sufficient)|insufficient"
+    r"|(?:does not|doesn't|did not|do not) (?:provide|give|contain|include|show|have|specify) (?:enough|sufficient|any)"
     r"|without (?:more|additional|specific|further|the|any)\b[^.]*\b(?:information|context|data|details|image|figure|diagram)"
     r"|not (?:provided|given|specified|clear))", re.IGNORECASE)
 _UNDECIDED_OPTION = re.compile(r"can'?t|cannot|not (?:possible|enough|determin)|insufficient|unknown|none of", re.IGNORECASE)
@@ -280,7 +364,7 @@ def declined(sents: list[str], choices: list[str]) -> str | None:
     >>> declined(["Without the figure, it is impossible to tell."], ["3", "4"]), declined(["It is 4."], ["3", "4"])
     ('N/A', None)
     """
-    if not sents or any(_UNDECIDED_OPTION.search(c) for c in choices):
+    if not sents:
         return None
     first = re.sub(r"^[\W_]+", "", sents[0]).lower()
     if re.match(r"(?:yes|no)\b", first):
@@ -288,11 +372,14 @@ def declined(sents: list[str], choices: list[str]) -> str | None:
     tail = sents[-2:]
     if not (any(_DECLINES.search(s) for s in tail) or (len(sents) <= 3 and _DECLINES.search(sents[0]))):
         return None
+    undecided = [c for c in choices if _UNDECIDED_OPTION.search(c)]
+    if undecided:  # "it is not possible to predict" names the option "can't predict"
+        return undecided[0]
     m = re.search(r"cannot be (determined|answered)", " ".join(sents), re.IGNORECASE)
     return f"Cannot be {m.group(1).lower()}" if m else NO_ANSWER
 
 
-def _multi_choice(response: str, choices: list[str]) -> str:
+def _multi_choice(response: str, choices: list[str], question: str = "") -> str:
     ans, _ = find_answer(response)
     if ans is not None:
         letter = choice_letter(ans, choices)
@@ -305,7 +392,7 @@ def _multi_choice(response: str, choices: list[str]) -> str:
     yn = yes_no(response, choices)
     if yn is not None:
         return yn
-    named = named_option(response, choices)
+    named = named_option(response, choices, question)
     if named is not None:
         return named
     value = _free_form(response)
@@ -330,13 +417,35 @@ _NAMED_LETTER = re.compile("|".join([
 ]), re.IGNORECASE)
 
 
-def _option_after(text: str, valid: str, choices: list[str] | None) -> str | None:
-    words = _words(text)[:6]
-    for letter, c in zip(valid, choices or []):
-        cw = _words(str(c))
-        if cw and words[: len(cw)] == cw:
-            return letter
-    return None
+ANSWER_COLON = _rule("answer_colon", "a response opening 'A:' reads as 'Answer:', not as option A")
+
+
+def option_at(text: str, choices: list[str]) -> int | None:
+    """The option whose text `text` starts with (the longest; case and spaces aside), else None.
+
+    >>> option_at("3.5, since ...", ["3", "3.5"]), option_at("3 cm", ["3", "3.5"]), option_at("no", ["yes"])
+    (1, 0, None)
+    """
+    t = re.sub(r"^[\s*:)\].-]+", "", text).lower()
+    best, size = None, 0
+    for i, c in enumerate(choices):
+        opt = str(c).strip().lower()
+        if not opt or not t.startswith(opt) or len(opt) <= size:
+            continue
+        nxt = t[len(opt) : len(opt) + 2]
+        if nxt[:1].isalnum() or (nxt[:1] in ".," and nxt[1:2].isdigit()):
+            continue  # "3" is not the start of "3.5" or "30"
+        best, size = i, len(opt)
+    return best
+
+
+def _letter_or_text(letter: str, after: str, valid: str, choices: list[str] | None) -> str:
+    """A stated letter; a letter beyond the options followed by an option's text is that option ('(D) yes')."""
+    if letter not in valid and choices:
+        i = option_at(after, choices)
+        if i is not None:
+            return LETTERS[i]
+    return letter
 
 
 def _letter_stated(response: str, n: int, choices: list[str] | None = None) -> str | None:
@@ -344,8 +453,8 @@ def _letter_stated(response: str, n: int, choices: list[str] | None = None) -> s
     valid = LETTERS[:n]
     text = response.strip()
     m = _LETTER_LINE.match(text)
-    if m and m.group(1) in valid:
-        return m.group(1)
+    if m and m.group(1) in valid and not (_on(ANSWER_COLON) and re.match(r"\s*A\s*:", text)):
+        return _letter_or_text(m.group(1), text[m.end() :], valid, choices)
     last = text.split("\n")[-1].strip(" *.")
     if len(last) <= 3 and (m := _LETTER_LINE.match(last)) and m.group(1) in valid:
         return m.group(1)
@@ -354,8 +463,8 @@ def _letter_stated(response: str, n: int, choices: list[str] | None = None) -> s
             hits = []
             for m in _NAMED_LETTER.finditer(s):
                 h = next(g for g in m.groups() if g)
-                if h.isupper():  # a letter beyond the options that is followed by an option's text names that option
-                    hits.append(h if h in valid else _option_after(s[m.end():], valid, choices) or h)
+                if h.isupper():
+                    hits.append(_letter_or_text(h, s[m.end() :], valid, choices))
         else:
             hits = [a or b for a, b in _LETTER_PHRASE.findall(s)]
             hits = [h.upper() for h in hits if h.upper() in valid]
@@ -429,7 +538,7 @@ def extract(row: dict[str, Any], response: str) -> str:
         except ValueError:
             pass
     if row.get("question_type") == "multi_choice" and choices:
-        return _multi_choice(resp, choices)
+        return _multi_choice(resp, choices, str(row.get("question") or ""))
     if atype in ("integer", "float"):
         value = _free_form(resp)
         return value if value is not None else NO_ANSWER
