@@ -121,7 +121,7 @@ _CONCLUSION = re.compile(r"\b(?:therefore|thus|hence|so|in total|in conclusion|t
 _THEREFORE = re.compile(r"^\W*(?:therefore|thus|hence|so|in total|in conclusion)\b", re.IGNORECASE)
 _NEGATION = re.compile(
     r"\b(?:not|no|cannot|never|neither|nor|none|impossible|unable|insufficient|unclear)\b|n't\b", re.IGNORECASE)
-_STATED = re.compile(r"(?:\bis|\bare|=|\bequals|\bbe|\bof|:)\s*(?:about|approximately|around|roughly)?\s*\$?\**\s*$",
+_STATED = re.compile(r"(?:\bis|\bare|=|\bequals|\bequal to|\bbe|\bof|:)\s*(?:about|approximately|around|roughly)?\s*\$?\**\s*$",
                      re.IGNORECASE)
 
 
@@ -212,7 +212,20 @@ def _fmt(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else repr(float(v))
 
 
-def yes_no(response: str, choices: list[str]) -> str | None:
+COMPARISON = _rule("comparison", "a yes/no question asking 'is X more/less than Y' answered by a statement of the "
+                   "other comparison, or of equality, is No; of the same comparison, Yes")
+_MORE = r"greater|more|larger|bigger|higher|taller|longer|wider|heavier|older|faster|above|exceeds?"
+_LESS = r"less|fewer|smaller|lower|shorter|narrower|lighter|younger|slower|below"
+_COMPARATIVE = re.compile(rf"\b(?:(?P<more>{_MORE})|(?P<less>{_LESS})|(?P<same>equal|same))\b", re.IGNORECASE)
+
+
+def _comparison(text: str) -> str | None:
+    m = _COMPARATIVE.search(text)
+    return m.lastgroup if m else None
+
+
+def yes_no(response: str, choices: list[str], question: str = "") -> str | None:
+    """Yes or No from prose: a leading yes/no, else the stated comparison (COMPARISON), else negation."""
     low = [c.strip().lower() for c in choices]
     if sorted(low) != ["no", "yes"]:
         return None
@@ -224,7 +237,13 @@ def yes_no(response: str, choices: list[str]) -> str | None:
         if re.match(word + r"\b", first):
             return choices[low.index(word)]
     last = sents[-1] if len(sents) > 1 and _CONCLUSION.search(sents[-1]) else sents[0]
-    return choices[low.index("no" if _NEGATION.search(last) else "yes")]
+    negated = bool(_NEGATION.search(last))
+    asked = _comparison(question) if _on(COMPARISON) else None
+    stated = _comparison(last) if asked in ("more", "less") else None
+    if stated is not None:
+        agrees = stated == asked
+        return choices[low.index("yes" if agrees != negated else "no")]
+    return choices[low.index("no" if negated else "yes")]
 
 
 _STOP = {"the", "a", "an", "of", "to", "and", "in", "on", "is", "are", "would", "will", "be", "it", "its", "that", "this"}
@@ -257,18 +276,27 @@ def _tokens(text: str) -> list[str]:
     return out
 
 
+def _flat(text: str) -> str:
+    """Text for whole-option matching: lower case, no braces, roots as '√', no spaces beside symbols
+    ('6 \\sqrt { 2 }' -> '6√2', '(u1, u2) = (1, 0)' -> '(u1,u2)=(1,0)')."""
+    t = re.sub(r"[{}]", "", text.lower().replace("\\sqrt", "√"))
+    return re.sub(r"\s*([^\w\s])\s*", r"\1", " ".join(t.split()))
+
+
 def _verbatim(sentence: str, choices: list[str]) -> str | None:
-    """The longest option of figures and symbols, not words alone nor a bare number ('5:30', '0.33%', '(1, 0)'),
-    whose whole text the sentence holds."""
-    flat = " ".join(sentence.lower().split())
-    best = None
+    """The option of figures and symbols, not words alone nor a bare number ('5:30', '0.33%', '(1, 0)', '2√{3}'),
+    whose whole text the sentence holds: the longest, then the last."""
+    flat = _flat(sentence)
+    best, best_key = None, None
     for c in choices:
-        opt = " ".join(str(c).lower().split())
-        if (not opt or re.fullmatch(r"[-+]?[\d.]+|[^\W\d_]+(?: [^\W\d_]+)*", opt)
-                or (best is not None and len(opt) <= len(best))):
-            continue
-        if re.search(r"(?<![\w.])" + re.escape(opt) + r"(?![\w])", flat):
-            best = str(c)
+        opt = _flat(str(c))
+        if re.fullmatch(r"[-+]?[\d.]+", opt) or not re.search(r"[^\w\s]|_", opt):
+            continue  # numbers and words are read as numbers and words
+        left = r"(?<![\w.])" if opt[0].isalnum() else ""
+        right = r"(?![\w√])" if opt[-1].isalnum() else ""
+        found = [m.start() for m in re.finditer(left + re.escape(opt) + right, flat)]
+        if found and (best_key is None or (len(opt), found[-1]) > best_key):
+            best, best_key = str(c), (len(opt), found[-1])
     return best
 
 
@@ -346,8 +374,9 @@ REFUSAL = _rule("refusal", "a response that says the question cannot be answered
                 "'cannot be determined/answered' it reads), not an option; unless an option says so itself")
 _DECLINES = re.compile(
     r"\b(?:cannot|can ?not|can't|unable to|impossible to|not possible to|no way to|(?:do not|don't) have enough"
-    r"|not (?:enough|sufficient)|insufficient"
-    r"|(?:does not|doesn't|did not|do not) (?:provide|give|contain|include|show|have|specify) (?:enough|sufficient|any)"
+    r"|not (?:enough|sufficient) (?:information|context|data|details)|insufficient"
+    r"|(?:does not|doesn't|did not|do not) (?:provide|give|contain|include|show|have|specify|mention)"
+    r" (?:enough |sufficient |any )?(?:information|data|details|context|values|numbers)"
     r"|without (?:more|additional|specific|further|the|any)\b[^.]*\b(?:information|context|data|details|image|figure|diagram)"
     r"|not (?:provided|given|specified|clear))", re.IGNORECASE)
 _UNDECIDED_OPTION = re.compile(r"can'?t|cannot|not (?:possible|enough|determin)|insufficient|unknown|none of", re.IGNORECASE)
@@ -389,7 +418,7 @@ def _multi_choice(response: str, choices: list[str], question: str = "") -> str:
         return letter
     if _on(REFUSAL) and (refused := declined(_sentences(response), choices)) is not None:
         return refused
-    yn = yes_no(response, choices)
+    yn = yes_no(response, choices, question)
     if yn is not None:
         return yn
     named = named_option(response, choices, question)
