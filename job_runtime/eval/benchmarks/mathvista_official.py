@@ -438,7 +438,7 @@ _LETTER_PHRASE = re.compile(
     r"(?:option|choice|answer)\s*(?:is|:|为|是)?\s*\(?([A-Z])\)?(?![\w])|\(([A-Z])\)", re.IGNORECASE)
 _NAMED_LETTER = re.compile("|".join([
     r"(?:option|choice)\s+" + _Q + _L + _Q + _END,
-    r"(?:option|choice|answer|letter)s?(?:\s+letter)?(?:\s+(?![A-Z]\b)[\w'’-]+){0,8}?\s*(?:\bis|\bwould be|\bshould be"
+    r"(?:option|choice|answer|letter|solution)s?(?:\s+letter)?(?:\s+(?![A-Z]\b)[\w'’-]+){0,8}?\s*(?:\bis|\bwould be|\bshould be"
     r"|\bwill be|:|：)\s*" + _Q + _L + _Q + _END,
     r"(?:select|choose|pick|go with|opt for)\s+(?:option\s+|choice\s+)?" + _Q + _L + _Q + _END,
     r"(?:选项|答案)[为是:：\s]*" + _L,
@@ -522,7 +522,7 @@ def answer_part(row: dict[str, Any], response: str) -> tuple[str, bool]:
     repeats = all(_words(b)[: len(asked)] == asked for b in blocks[1:] if b.strip())
     if not repeats:
         last = blocks[-1]
-        if _CONCLUSION.search(last) or find_answer(last)[0] is not None:
+        if _CONCLUSION.search(last) or find_answer(last)[0] is not None or re.search(r"\bSolution\s*:", last):
             return last, True
         return response, False
     for i, block in enumerate(blocks):
