@@ -121,7 +121,8 @@ _CONCLUSION = re.compile(r"\b(?:therefore|thus|hence|so|in total|in conclusion|t
 _THEREFORE = re.compile(r"^\W*(?:therefore|thus|hence|so|in total|in conclusion)\b", re.IGNORECASE)
 _NEGATION = re.compile(
     r"\b(?:not|no|cannot|never|neither|nor|none|impossible|unable|insufficient|unclear)\b|n't\b", re.IGNORECASE)
-_STATED = re.compile(r"(?:\bis|\bare|=|\bequals|\bequal to|\bbe|\bof|:)\s*(?:about|approximately|around|roughly)?\s*\$?\**\s*$",
+_STATED = re.compile(r"(?:\bis|\bare|=|\bequals|\bequal to|\bbe|\bof|:|^|\d\s+to)\s*(?:about|approximately|around|roughly|only"
+                     r"|exactly|a total of)?\s*\$?\**\s*$",
                      re.IGNORECASE)
 
 
@@ -138,7 +139,8 @@ def _as_number(token: str) -> str:
     return token.replace(",", "")
 
 
-_PRONOUN_BEFORE = re.compile(r"(?:\b(?:the|this|that|which|each|any|every|no|a|an|first|second|third|last|other)|\w+th)\s+$",
+_PRONOUN_BEFORE = re.compile(r"(?:\b(?:the|this|that|which|each|any|every|no|a|an|first|second|third|last|other|all|both"
+                             r"|these|those)|\w+th)\s+$",
                              re.IGNORECASE)
 
 
@@ -177,13 +179,25 @@ def _stated_number(sentence: str) -> str | None:
     return nums[-1][1]
 
 
+STATED_LIST = _rule("stated_list", "an answer stating several numbers ('9, 3', '[9, 7]') is kept whole, as GPT-4 "
+                    "keeps it (no integer); one opening with a number is that number")
+_NUMBER_LIST = re.compile(r"[\[(]?\s*-?\d+(?:\.\d+)?(?:\s*,\s*-?\d+(?:\.\d+)?)+\s*[\])]?")
+FINAL_VALUE = _rule("final_value", "a sentence stating 'the final value/answer/result is' (the hint's words) is the "
+                    "conclusion, before one opening 'Therefore'")
+_FINAL_VALUE = re.compile(r"\bfinal (?:value|answer|result)\b", re.IGNORECASE)
+
+
 def _free_form(response: str) -> str | None:
     ans, _ = find_answer(response)
     if ans is not None:
         v = to_number(ans)
         if v is not None:
             return _fmt(v)
+        if _on(STATED_LIST) and _NUMBER_LIST.fullmatch(ans.strip()):
+            return ans.strip()
         nums = _numbers(clean_latex(ans))
+        if nums and _on(STATED_LIST) and nums[0][0] == 0:  # "1982 with an income of $931,441"
+            return nums[0][1]
         return nums[-1][1] if nums else ans
     sents = _sentences(response)
     if not sents:
@@ -197,7 +211,7 @@ def _free_form(response: str) -> str | None:
             if v is not None:
                 return v
         return None
-    for pattern in (_THEREFORE, _CONCLUSION):
+    for pattern in ((_FINAL_VALUE, _THEREFORE, _CONCLUSION) if _on(FINAL_VALUE) else (_THEREFORE, _CONCLUSION)):
         for s in reversed(sents):
             if pattern.search(s) and _numbers(s):
                 return _stated_number(s)
@@ -205,6 +219,26 @@ def _free_form(response: str) -> str | None:
         v = _stated_number(s)
         if v is not None:
             return v
+    return None
+
+
+YEAR = _rule("year", "a question asking which year is answered by the year the answer sentence names, not by "
+             "the other numbers beside it ('2019 showed the largest difference, 7.84 years')")
+_ASKS_YEAR = re.compile(r"\b(?:which|what) year\b|\bin which\b.*\byear|\bwhen\b", re.IGNORECASE)
+_YEAR = re.compile(r"(?<![\d.,$])(1[5-9]\d\d|20\d\d)(?![\d.,%])")
+
+
+def _is_year(value: str | None) -> bool:
+    return value is not None and _YEAR.fullmatch(value) is not None
+
+
+def _stated_year(response: str) -> str | None:
+    sents = _sentences(response)
+    conclusions = [s for s in reversed(sents) if _FINAL_VALUE.search(s) or _CONCLUSION.search(s)]
+    for s in conclusions + sents[:1] + sents[::-1]:
+        years = _YEAR.findall(s)
+        if years:
+            return years[0]
     return None
 
 
@@ -570,6 +604,8 @@ def extract(row: dict[str, Any], response: str) -> str:
         return _multi_choice(resp, choices, str(row.get("question") or ""))
     if atype in ("integer", "float"):
         value = _free_form(resp)
+        if _on(YEAR) and _ASKS_YEAR.search(str(row.get("question") or "")) and not _is_year(value):
+            value = _stated_year(resp) or value
         return value if value is not None else NO_ANSWER
     if atype == "list":
         ans, _ = find_answer(resp)
