@@ -258,6 +258,18 @@ def _comparison(text: str) -> str | None:
     return m.lastgroup if m else None
 
 
+LEADING_YES_NO = _rule("leading_yes_no", "a yes/no question answered with a leading 'Yes'/'No' is that answer, "
+                       "whatever letter the response names after it")
+
+
+def _leading_yes_no(response: str, choices: list[str]) -> str | None:
+    low = [c.strip().lower() for c in choices]
+    if sorted(low) != ["no", "yes"]:
+        return None
+    m = re.match(r"[\W_]*(yes|no)\b", response, re.IGNORECASE)
+    return choices[low.index(m.group(1).lower())] if m else None
+
+
 def yes_no(response: str, choices: list[str], question: str = "") -> str | None:
     """Yes or No from prose: a leading yes/no, else the stated comparison (COMPARISON), else negation."""
     low = [c.strip().lower() for c in choices]
@@ -407,7 +419,10 @@ def named_option(response: str, choices: list[str], question: str = "") -> str |
 REFUSAL = _rule("refusal", "a response that says the question cannot be answered is 'N/A' (GPT-4 copies a "
                 "'cannot be determined/answered' it reads), not an option; unless an option says so itself")
 _DECLINES = re.compile(
-    r"\b(?:cannot|can ?not|can't|unable to|impossible to|not possible to|no way to|(?:do not|don't) have enough"
+    r"\b(?:(?:cannot|can ?not|can't|unable to|impossible to|not possible to|no way to)"
+    r" (?:be )?(?:determine|answer|provide|tell|say|see|identify|find|calculate|compute|know|predict|help|process|give"
+    r"|access|view|read|solve|select|choose|compare|count|conclude|confirm|verify|be sure|quantif|measure)"
+    r"|(?:do not|don't) have enough"
     r"|not (?:enough|sufficient) (?:information|context|data|details)|insufficient"
     r"|(?:does not|doesn't|did not|do not) (?:provide|give|contain|include|show|have|specify|mention)"
     r" (?:enough |sufficient |any )?(?:information|data|details|context|values|numbers)"
@@ -447,6 +462,8 @@ def _multi_choice(response: str, choices: list[str], question: str = "") -> str:
     if ans is not None:
         letter = choice_letter(ans, choices)
         return LETTERS[LETTERS.index(letter)] if letter else ans
+    if _on(LEADING_YES_NO) and (yn := _leading_yes_no(response, choices)) is not None:
+        return yn
     letter = _letter_stated(response, len(choices), choices)
     if letter:
         return letter
@@ -476,6 +493,7 @@ _NAMED_LETTER = re.compile("|".join([
     r"|\bwill be|:|：)\s*" + _Q + _L + _Q + _END,
     r"(?:select|choose|pick|go with|opt for)\s+(?:option\s+|choice\s+)?" + _Q + _L + _Q + _END,
     r"(?:选项|答案)[为是:：\s]*" + _L,
+    r"(?:\bis|\bbe)\s+" + _L + r"(?=\s*[.!]?\s*$)",  # "... so the most likely count is C."
     r"(?<![\w])\(([A-Z])\)|（([A-Z])）",
 ]), re.IGNORECASE)
 
@@ -521,6 +539,10 @@ def _letter_stated(response: str, n: int, choices: list[str] | None = None) -> s
     last = text.split("\n")[-1].strip(" *.")
     if len(last) <= 3 and (m := _LETTER_LINE.match(last)) and m.group(1) in valid:
         return m.group(1)
+    if _on(LETTER_PHRASES):  # a line that is only a letter ("Here is my response:\n\nC\n\n...")
+        alone = {m.group(1) for m in re.finditer(r"^[\s*(]*([A-Z])[)*.\s]*$", text, re.MULTILINE)}
+        if len(alone) == 1 and (letter := alone.pop()) in valid:
+            return letter
     for s in reversed(_sentences(text)):
         if _on(LETTER_PHRASES):
             hits = []
