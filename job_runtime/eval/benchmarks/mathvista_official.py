@@ -33,7 +33,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from job_runtime.eval.answers import LETTERS, choice_letter, edit_distance, find_answer
+from job_runtime.eval.answers import LETTERS, choice_letter, clean_answer, edit_distance, find_answer
 from job_runtime.eval.benchmarks.numbers import clean_latex, to_number
 
 NO_ANSWER = "N/A"  # what GPT-4 most often extracts from a response without an answer
@@ -457,11 +457,24 @@ def declined(sents: list[str], choices: list[str]) -> str | None:
     return f"Cannot be {m.group(1).lower()}" if m else NO_ANSWER
 
 
+ANSWER_READ = _rule("answer_read", "an explicit answer that is not an option is read further: a letter it names "
+                    "('80°, 选项为D'), or an option it opens with ('\"soup.\" Soup has ...')")
+
+
 def _multi_choice(response: str, choices: list[str], question: str = "") -> str:
     ans, _ = find_answer(response)
     if ans is not None:
         letter = choice_letter(ans, choices)
-        return LETTERS[LETTERS.index(letter)] if letter else ans
+        if letter:
+            return letter
+        if _on(ANSWER_READ):  # "80°, 选项为D", '"soup." Soup has ...'
+            inner = _letter_stated(ans, len(choices), choices)
+            if inner:
+                return inner
+            i = option_at(clean_answer(ans), choices)
+            if i is not None:
+                return LETTERS[i]
+        return ans
     if _on(LEADING_YES_NO) and (yn := _leading_yes_no(response, choices)) is not None:
         return yn
     letter = _letter_stated(response, len(choices), choices)
