@@ -457,6 +457,11 @@ def declined(sents: list[str], choices: list[str]) -> str | None:
     return f"Cannot be {m.group(1).lower()}" if m else NO_ANSWER
 
 
+NONE_FITS = _rule("none_fits", "a response concluding that none of the options fits its result is 'N/A'")
+_NONE_FITS = re.compile(
+    r"none of the (?:options|choices|answer choices|given options)|not (?:an|one of the|among the|in the) (?:options?|choices?"
+    r"|answer choices)|not available in the (?:choices|options)|no correct (?:option|answer)"
+    r"|mistake in the (?:question|problem|options|choices)", re.IGNORECASE)
 ANSWER_READ = _rule("answer_read", "an explicit answer that is not an option is read further: a letter it names "
                     "('80°, 选项为D'), or an option it opens with ('\"soup.\" Soup has ...')")
 
@@ -482,6 +487,8 @@ def _multi_choice(response: str, choices: list[str], question: str = "") -> str:
         return letter
     if _on(REFUSAL) and (refused := declined(_sentences(response), choices)) is not None:
         return refused
+    if _on(NONE_FITS) and any(_NONE_FITS.search(s) for s in _sentences(response)[-2:]):
+        return NO_ANSWER
     yn = yes_no(response, choices, question)
     if yn is not None:
         return yn
