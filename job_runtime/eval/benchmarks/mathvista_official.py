@@ -120,7 +120,8 @@ _NUM = re.compile(
 _CONCLUSION = re.compile(r"\b(?:therefore|thus|hence|so|in total|in conclusion|the answer|answer)\b", re.IGNORECASE)
 _THEREFORE = re.compile(r"^\W*(?:therefore|thus|hence|so|in total|in conclusion)\b", re.IGNORECASE)
 _NEGATION = re.compile(
-    r"\b(?:not|no|cannot|never|neither|nor|none|impossible|unable|insufficient|unclear)\b|n't\b", re.IGNORECASE)
+    r"\b(?:not|no|cannot|never|neither|nor|none|impossible|unable|insufficient|unclear|false|incorrect|untrue)\b|n't\b",
+    re.IGNORECASE)
 _STATED = re.compile(r"(?:\bis|\bare|=|\bequals|\bequal to|\bbe|\bof|:|^|\d\s+to)\s*(?:about|approximately|around|roughly|only"
                      r"|exactly|a total of)?\s*\$?\**\s*$",
                      re.IGNORECASE)
@@ -158,7 +159,11 @@ LAST_STATED = _rule("last_stated", "of a sentence's numbers, the last one stated
                     "not the first ('AOB = 100 and BAC = 80, so ACB is 50' states 50)")
 
 
-def _stated_number(sentence: str) -> str | None:
+STATED_FIRST = _rule("stated_first", "in a short answer a number stated as a result ('is 12.25') comes before a "
+                     "number merely mentioned in an earlier sentence ('dividing by 2')")
+
+
+def _stated_number(sentence: str, strict: bool = False) -> str | None:
     """The number a sentence states as its result: a bold one, the one after "is"/"=", else its last."""
     bold = [b for b in re.findall(r"\*\*(.+?)\*\*", sentence) if _numbers(b)]
     if bold:
@@ -168,7 +173,7 @@ def _stated_number(sentence: str) -> str | None:
         return None
     if _on(LAST_STATED):
         stated = [value for pos, value in nums if _STATED.search(sentence[:pos])]
-        return stated[-1] if stated else nums[-1][1]
+        return stated[-1] if stated else (None if strict else nums[-1][1])
     if "=" in sentence:  # "5 + 7 = 12": the result of the last equation
         after = _numbers(sentence[sentence.rindex("=") + 1 :])
         if after:
@@ -206,6 +211,11 @@ def _free_form(response: str) -> str | None:
     if bold:
         return _numbers(bold[-1])[0][1]
     if len(sents) <= 2:  # a short answer: its first stated value
+        if _on(STATED_FIRST):
+            for s in sents:
+                v = _stated_number(s, strict=True)
+                if v is not None:
+                    return v
         for s in sents:
             v = _stated_number(s)
             if v is not None:
