@@ -505,8 +505,50 @@ def _multi_choice(response: str, choices: list[str], question: str = "") -> str:
     named = named_option(response, choices, question)
     if named is not None:
         return named
+    if _on(CLOCK) and (word := _clock_word(response, choices)) is not None:
+        return word
     value = _free_form(response)
+    if _on(OPTION_NUMBER) and value is not None:
+        value = _option_number(response, choices, value)
     return value if value is not None else NO_ANSWER
+
+
+CLOCK = _rule("clock", "a time '3:15' answers options in clock words: quarter past, half, quarter to, o'clock")
+_CLOCK_WORDS = ((0, "o'clock"), (15, "quarter past"), (30, "half"), (45, "quarter to"), (60, "o'clock"))
+
+
+def _clock_word(response: str, choices: list[str]) -> str | None:
+    low = {c.strip().lower(): c for c in choices}
+    if not {"half", "quarter past", "quarter to"} & set(low):
+        return None
+    times = re.findall(r"\b\d{1,2}:(\d{2})\b", response)
+    if not times:
+        return None
+    minutes = int(times[-1])
+    word = min(_CLOCK_WORDS, key=lambda mw: abs(mw[0] - minutes))[1]
+    return low.get(word)
+
+
+OPTION_NUMBER = _rule("option_number", "of the numbers in the answer sentence, one that is an option's value is "
+                      "read before one that is not ('peak of 40% at episode 2.5', options 1.0 ... 4.0: 2.5)")
+
+
+def _option_number(response: str, choices: list[str], value: str) -> str:
+    values = [to_number(c) for c in choices]
+    if sum(v is not None for v in values) < len(choices) - 1:
+        return value  # options are not numbers
+    v = to_number(value)
+    if v is not None and any(o is not None and abs(o - v) < 1e-9 for o in values):
+        return value
+    sents = _sentences(response)
+    for s in [x for x in reversed(sents) if _CONCLUSION.search(x)][:1] + sents[-1:]:
+        if value not in [n for _, n in _numbers(s)]:
+            continue
+        hits = [n for _, n in _numbers(s) if (nv := to_number(n)) is not None
+                and any(o is not None and abs(o - nv) < 1e-9 for o in values)]
+        if len(set(hits)) == 1:
+            return hits[0]
+    return value
 
 
 LETTER_PHRASES = _rule("letter_phrases", "an option letter named by a phrase ('the correct option letter for ... is C', "
@@ -528,7 +570,7 @@ _NAMED_LETTER = re.compile("|".join([
 ]), re.IGNORECASE)
 
 
-ANSWER_COLON = _rule("answer_colon", "a response opening 'A:' reads as 'Answer:', not as option A")
+ANSWER_COLON = _rule("answer_colon", "a response opening 'A:' (or 'A - ') reads as 'Answer:', not as option A")
 
 
 def option_at(text: str, choices: list[str]) -> int | None:
@@ -564,8 +606,13 @@ def _letter_stated(response: str, n: int, choices: list[str] | None = None) -> s
     valid = LETTERS[:n]
     text = response.strip()
     m = _LETTER_LINE.match(text)
-    if m and m.group(1) in valid and not (_on(ANSWER_COLON) and re.match(r"\s*A\s*:", text)):
-        return _letter_or_text(m.group(1), text[m.end() :], valid, choices)
+    if m and not (_on(ANSWER_COLON) and re.match(r"\s*A\s*(?::|\s-\s)", text)):
+        if m.group(1) in valid:
+            return _letter_or_text(m.group(1), text[m.end() :], valid, choices)
+        if _on(LETTER_PHRASES) and re.match(r"\s*\(?[A-Z](?:\)|\.\s)", text) and choices:
+            i = option_at(text[m.end() :], choices)  # "C. No, Salmon is ...": the option it names
+            if i is not None:
+                return LETTERS[i]
     last = text.split("\n")[-1].strip(" *.")
     if len(last) <= 3 and (m := _LETTER_LINE.match(last)) and m.group(1) in valid:
         return m.group(1)
