@@ -702,6 +702,8 @@ def extract(row: dict[str, Any], response: str) -> str:
     if row.get("question_type") == "multi_choice" and choices:
         return _multi_choice(resp, choices, str(row.get("question") or ""))
     if atype in ("integer", "float"):
+        if _on(REFUSAL) and find_answer(resp)[0] is None and declined(_sentences(resp), []) is not None:
+            return NO_ANSWER
         value = _free_form(resp)
         if _on(YEAR) and _ASKS_YEAR.search(str(row.get("question") or "")) and not _is_year(value):
             value = _stated_year(resp) or value
