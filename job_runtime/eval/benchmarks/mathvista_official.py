@@ -573,6 +573,9 @@ _NAMED_LETTER = re.compile("|".join([
 ANSWER_COLON = _rule("answer_colon", "a response opening 'A:' (or 'A - ') reads as 'Answer:', not as option A")
 
 
+_OPENERS = ("(", "（", '"', "'", "“", "‘")
+
+
 def option_at(text: str, choices: list[str]) -> int | None:
     """The option whose text `text` starts with (the longest; case and spaces aside), else None.
 
@@ -624,7 +627,10 @@ def _letter_stated(response: str, n: int, choices: list[str] | None = None) -> s
         if _on(LETTER_PHRASES):
             hits = []
             for m in _NAMED_LETTER.finditer(s):
-                h = next(g for g in m.groups() if g)
+                gi = next(i for i, g in enumerate(m.groups(), 1) if g)
+                h = m.group(gi)
+                if h in "AI" and not s[: m.start(gi)].endswith(_OPENERS) and re.match(r"\s+[a-z]", s[m.end(gi) :]):
+                    continue  # "Solution: I counted the trees": a word, not a letter
                 if h.isupper():
                     hits.append(_letter_or_text(h, s[m.end() :], valid, choices))
         else:
@@ -664,8 +670,17 @@ def answer_part(row: dict[str, Any], response: str) -> tuple[str, bool]:
     return response, False
 
 
+MADE_UP_VALUE = _rule("made_up_value", "a made-up question's answer is the value its conclusion states, before the "
+                      "letter it names after it")
+
+
 def _made_up_answer(part: str) -> str:
-    """The answer to a question the model made up, as it states it: an explicit answer, a letter, a number."""
+    """The answer to a question the model made up, as it states it: the value its conclusion states ('Therefore,
+    the number of apples left is 12.' before 'The answer is B.'), an explicit answer, a letter, a number."""
+    if _on(MADE_UP_VALUE):
+        for s in reversed(_sentences(part)):
+            if _THEREFORE.search(s) and not _NAMED_LETTER.search(s) and (v := _stated_number(s, strict=True)):
+                return v
     ans, _ = find_answer(part)
     if ans is not None:
         return ans
