@@ -61,9 +61,9 @@ _STOP_WORDS = re.compile(r"trace|tr|norm|rank|rref|nullspace|colspace|rowspace|e
 HUGE = 10**5000
 
 
-def _tokens(s: str) -> list[tuple[str, str]]:
-    """(kind, text) tokens; kind is num, sym, cmd, op or bad (a character the lexer rejects)."""
-    out: list[tuple[str, str]] = []
+def _lex(s: str):
+    """(kind, text) tokens, one at a time; kind is num, sym, cmd, op or bad (a character the lexer rejects)."""
+    prev: tuple[str, str] | None = None
     i, n = 0, len(s)
     while i < n:
         ch = s[i]
@@ -72,44 +72,66 @@ def _tokens(s: str) -> list[tuple[str, str]]:
             continue
         m = _NUMBER.match(s, i)
         if m:
-            out.append(("num", m.group(0)))
+            yield (prev := ("num", m.group(0)))
             i = m.end()
             continue
         if ch == "\\":
             m = _COMMAND.match(s, i)
             if not m:
-                out.append(("bad", ch))
+                yield (prev := ("bad", ch))
                 i += 1
                 continue
             name = m.group(1)
             i = m.end()
             if name in ("{", "}"):
-                out.append(("op", name))
+                yield (prev := ("op", name))
             elif name == "%":
-                after_number = bool(out) and out[-1][0] == "num" and s[i - 3] not in " \t\n"
-                out.append(("pct" if after_number else "bad", name))  # "5\%" only: "5 \%", "\frac{1}{2}\%" fail
+                after_number = prev is not None and prev[0] == "num" and s[i - 3] not in " \t\n"
+                yield (prev := ("pct" if after_number else "bad", name))  # "5\%" only: "5 \%", "\frac{1}{2}\%" fail
             elif name == "\\":
-                out.append(("op", "&"))  # a line break ends the expression like '&'
+                yield (prev := ("op", "&"))  # a line break ends the expression like '&'
             elif name in ("left", "right", "displaystyle", "quad", "qquad", "big", "Big"):
                 continue
             elif name.isalpha():
-                out.append(("cmd", name))
+                yield (prev := ("cmd", name))
             else:
-                out.append(("bad", name))
+                yield (prev := ("bad", name))
             continue
         if ch.isascii() and ch.isalpha():
             m = _STOP_WORDS.match(s, i)
             if m:  # latex2sympy lexes matrix operations ("2 tr", "5 norm") as tokens that end the expression
-                out.append(("op", "&"))
+                yield (prev := ("op", "&"))
                 i = m.end()
                 continue
-            out.append(("sym", ch))
+            yield (prev := ("sym", ch))
         elif ch in _SINGLE:
-            out.append(("op", ch))
+            yield (prev := ("op", ch))
         else:
-            out.append(("bad", ch))
+            yield (prev := ("bad", ch))
         i += 1
-    return out
+
+
+def _tokens(s: str) -> list[tuple[str, str]]:
+    """All the tokens of `s` (see `_lex`)."""
+    return list(_lex(s))
+
+
+class _Stream:
+    """Tokens lexed as the parser reaches them: the parse stops at the first token that cannot continue, and
+    nothing after it matters, so a long sentence is not lexed to its end (the same result, much sooner)."""
+
+    __slots__ = ("_it", "_toks")
+
+    def __init__(self, s: str):
+        self._it, self._toks = _lex(s), []
+
+    def at(self, j: int) -> tuple[str, str] | None:
+        while len(self._toks) <= j:
+            tok = next(self._it, None)
+            if tok is None:
+                return None
+            self._toks.append(tok)
+        return self._toks[j]
 
 
 class _Num:
@@ -162,12 +184,11 @@ class _Parser:
     """relation := expr (rel expr)*; expr := term (('+'|'-') term)*; term := unary (mulop unary | implicit)*;
     unary := ('-'|'+') unary | postfix; postfix := atom ('^' exponent | '!' | '\\%' | '_' sub | "'")*"""
 
-    def __init__(self, toks: list[tuple[str, str]]):
+    def __init__(self, toks: _Stream):
         self.t, self.i = toks, 0
 
     def peek(self, k: int = 0) -> tuple[str, str] | None:
-        j = self.i + k
-        return self.t[j] if j < len(self.t) else None
+        return self.t.at(self.i + k)
 
     def take(self) -> tuple[str, str]:
         tok = self.peek()
@@ -392,8 +413,8 @@ def official_number(s: str) -> tuple[float | int, bool] | None:
     """(value rounded to 2 places, is_int) of ``eval(str(latex2sympy(s)))``, or None where that fails."""
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("$", " ").replace("~", " ")
     s = s.replace("\\,", " ")
-    toks = _tokens(s)
-    if not toks:
+    toks = _Stream(s)
+    if toks.at(0) is None:
         return None
     p = _Parser(toks)
     try:
