@@ -2,7 +2,8 @@
 
 math-verify's timeouts use signal.alarm, which only works in a main thread; every worker process
 has its own main thread, so workers keep the timeouts (threads would not). Workers are forked,
-so they start in milliseconds with the parent's modules (and caches) already loaded.
+so they start in milliseconds with the parent's modules (and caches) already loaded, and they read
+the rows from the parent's memory: only index ranges and verdicts are pickled.
 
 >>> from job_runtime.eval.benchmarks.registry import get
 >>> bench = get("math500")
@@ -26,10 +27,14 @@ from job_runtime.eval.benchmarks.registry import get
 PARALLEL_MIN_ROWS = 400  # below this, forking costs more than it saves
 
 
-def _score_chunk(args: tuple[str, list[dict[str, Any]], list[str], str]) -> list[Verdict]:
-    name, rows, responses, protocol = args
+_FORKED: tuple[list[dict[str, Any]], list[str]] = ([], [])  # the rows a forked worker reads (not pickled)
+
+
+def _score_chunk(args: tuple[str, int, int, str]) -> list[Verdict]:
+    name, start, end, protocol = args
     bench = get(name)
-    return [bench.verdict(r, resp, protocol) for r, resp in zip(rows, responses)]
+    rows, responses = _FORKED
+    return [bench.verdict(rows[i], responses[i], protocol) for i in range(start, end)]
 
 
 def default_workers() -> int:
@@ -53,9 +58,14 @@ def score_rows(
         return [bench.verdict(r, resp, protocol) for r, resp in zip(rows, responses)]
     chunks = workers * 4
     size = -(-len(rows) // chunks)
-    jobs = [(bench.name, rows[i : i + size], responses[i : i + size], protocol) for i in range(0, len(rows), size)]
-    with mp.get_context("fork").Pool(workers) as pool:
-        parts = pool.map(_score_chunk, jobs)
+    jobs = [(bench.name, i, min(i + size, len(rows)), protocol) for i in range(0, len(rows), size)]
+    global _FORKED
+    _FORKED = (rows, responses)  # forked workers inherit them: only index ranges and verdicts cross a pipe
+    try:
+        with mp.get_context("fork").Pool(workers) as pool:
+            parts = pool.map(_score_chunk, jobs)
+    finally:
+        _FORKED = ([], [])
     return [v for part in parts for v in part]
 
 
