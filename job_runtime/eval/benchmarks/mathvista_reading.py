@@ -116,8 +116,6 @@ def _stated_number(sentence: str, strict: bool = False) -> str | None:
 STATED_LIST = rule("stated_list", "an answer stating several numbers ('9, 3', '[9, 7]') is kept whole, as GPT-4 "
                     "keeps it (no integer); one opening with a number is that number")
 _NUMBER_LIST = re.compile(r"[\[(]?\s*-?\d+(?:\.\d+)?(?:\s*,\s*-?\d+(?:\.\d+)?)+\s*[\])]?")
-FINAL_VALUE = rule("final_value", "a sentence stating 'the final value/answer/result is' (the hint's words) is the "
-                    "conclusion, before one opening 'Therefore'")
 _FINAL_VALUE = re.compile(r"\bfinal (?:value|answer|result)\b", re.IGNORECASE)
 
 
@@ -150,7 +148,7 @@ def free_form(response: str) -> str | None:
             if v is not None:
                 return v
         return None
-    for pattern in ((_FINAL_VALUE, _THEREFORE, _CONCLUSION) if on(FINAL_VALUE) else (_THEREFORE, _CONCLUSION)):
+    for pattern in (_FINAL_VALUE, _THEREFORE, _CONCLUSION):
         for s in reversed(sents):
             if pattern.search(s) and _numbers(s):
                 return _stated_number(s)
