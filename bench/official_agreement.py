@@ -42,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from job_runtime.eval.benchmarks import mathvista_reading  # noqa: E402
+from job_runtime.eval.benchmarks import mathvista_official, mathvista_reading  # noqa: E402
 from job_runtime.eval.benchmarks.registry import get  # noqa: E402
 from job_runtime.eval.benchmarks.scoring import score_rows  # noqa: E402
 
@@ -250,7 +250,13 @@ def noise_census(rows: list[dict], ours: list[bool]) -> None:
           f"cannot follow from the response")
     for why, rs in found.items():
         print(f"    {len(rs):>4}  {why}: " + ", ".join(f"{r['pid']} ({r['source_model']})" for r in rs))
-    print(f"  agreement on the rows that are not noise: {pct(sum(v == bool(r['official_correct']) for r, v in zip(rows, ours) if not noise(r, v)), len(rows) - n)}")
+    print(f"  agreement on the rows that are not noise: "
+          f"{pct(sum(v == bool(r['official_correct']) for r, v in zip(rows, ours) if not noise(r, v)), len(rows) - n)}")
+    unanswered = [r for r, v in zip(rows, ours) if v != bool(r["official_correct"]) and not noise(r, v)
+                  and mathvista_official.extract(r, r["response"]) in mathvista_reading.NO_ANSWERS]
+    print(f"  of the rest, {len(unanswered)} are responses that give no answer, whose verdict GPT-4's pick among "
+          f"no-answer strings decides (N/A, 'Cannot be determined', a guessed letter; the nearest-option rule maps each "
+          f"differently): " + ", ".join(f"{r['pid']} ({r['source_model']})" for r in unanswered[:12]) + ", ...")
 
 
 def main(argv: list[str] | None = None) -> int:

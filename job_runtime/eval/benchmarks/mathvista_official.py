@@ -12,13 +12,26 @@ a response, then evaluation/calculate_score.py normalises the extraction and com
   ``str(round(float(x), precision))``; list: ``str(x)``; anything unparsable is None (wrong);
 - ``safe_equal``: the prediction must equal the answer string exactly.
 
-`extract` stands in for GPT-4: extract_answer.py's own quick rules first (a response equal to an
-option, a response that is a number), then what GPT-4 does with a response, as its stored
-extractions on the dev set show (../shared/eval-gold): an explicit answer (a box, "the answer is",
-an option letter) wins; a yes/no question answered in prose is "Yes" unless the sentence negates;
-an option named in the conclusion is that option; a number is the one the conclusion states (a
-bold value, the value after "is"/"=", the one number of a short answer, number words); a response
-with no answer is "N/A" (which the nearest-option rule then maps, as it does for GPT-4's "N/A").
+`extract` stands in for GPT-4 (its prompt: lupantech/MathVista evaluation/prompts/ext_ans.py, few-shot
+examples that extract "14", "0.6", "1.45", "[2007, 2008]" and, for a multiple-choice "The correct answer
+is (B) 8/11", the letter "B"): extract_answer.py's own quick rules first (a response equal to an option,
+a response that is a number), then, in this order, what GPT-4 did with the dev set's responses
+(../shared/eval-gold; each behaviour a named rule in job_runtime.eval.benchmarks.mathvista_reading):
+
+1. the part of the response it reads: a model that went on with a question it made up is read at that
+   question's answer (the value its conclusion states, else its letter);
+2. multiple choice: an explicit answer (a box, "the answer is") as a letter, or a letter or option it
+   holds; a leading Yes/No; a letter a phrase names ("the correct option letter for ... is C", "选项B",
+   "(D)", even a letter beyond the options); a refusal ("N/A", or the "Cannot be determined" the
+   response says); no option fitting ("N/A"); yes/no prose (the comparison it states, a negation); an
+   option the conclusion names (by the words that set it apart, or its whole text of figures); a time
+   in clock words; else the number the conclusion states (one that is an option's value first);
+3. numbers: a refusal is "N/A"; the number the conclusion states (the last stated result, a bold
+   value, a range's end, a year when the question asks which year; several numbers stay whole);
+4. a response with no answer is "N/A", which the nearest-option rule then maps, as it does for GPT-4's.
+
+bench/official_agreement.py measures the agreement, what each rule adds per source model, a
+leave-one-model-out figure, and the share of disagreement that is noise in the official verdicts.
 
 >>> row = {"question_type": "multi_choice", "answer_type": "text", "choices": ["Yes", "No"], "answer": "No", "precision": None}
 >>> official_verdict(row, "No, New Jersey does not have a higher value than Georgia.")

@@ -17,6 +17,7 @@ from job_runtime.eval.answers import LETTERS, find_answer
 from job_runtime.eval.benchmarks.numbers import clean_latex, to_number
 
 NO_ANSWER = "N/A"  # what GPT-4 most often extracts from a response without an answer
+NO_ANSWERS = (NO_ANSWER, "Cannot be determined", "Cannot be answered")  # what `declined` gives for a refusal
 
 RULES: dict[str, str] = {}  # name -> what the rule does
 OFF: set[str] = set()  # names switched off (the agreement bench's ablations)

@@ -115,7 +115,8 @@ def test_none_fits_gpt4_403_no_option_matches_the_result():
 
 
 def test_option_words_mplugowl_125_the_words_that_set_an_option_apart():
-    _decides("option_words", "mplugowl_7b_ft", "125", "plants increase", "plants decrease")  # "If caterpillars decrease, plants will increase."
+    # "If caterpillars decrease, plants will increase."
+    _decides("option_words", "mplugowl_7b_ft", "125", "plants increase", "plants decrease")
 
 
 def test_option_words_llama_adapter_783_a_whole_option_of_symbols():
@@ -201,3 +202,11 @@ def test_rule_switch_restores(name):
     with rule_off(name):
         assert name in rd.OFF
     assert name not in rd.OFF
+
+
+def test_doctests_pass():
+    import doctest
+
+    for mod in (mvo, rd):
+        result = doctest.testmod(mod)
+        assert result.attempted >= 3 and result.failed == 0, mod.__name__
