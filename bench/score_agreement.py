@@ -3,8 +3,9 @@
 
 First table (bench/official_agreement.py): real responses of published models with each
 benchmark's official verdicts (../shared/eval-gold), scored by sftrl's ``official`` and ``strict``
-protocols and by math-verify alone: agreement, false positives and negatives, per question type,
-per source model (accuracy gap in points), and a leave-one-model-out figure.
+protocols, by math-verify alone and by MathRuler (EasyR1's grader): agreement, false positives and
+negatives, per question type, per source model (accuracy gap in points); for MathVista what each rule
+of the stand-in adds per model, leave-one-model-out figures and the noise census.
 
 Second table, below: generated responses with known truth, scored by the ``strict`` protocol
 (``--protocol`` to change it).
