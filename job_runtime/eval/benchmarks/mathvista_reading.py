@@ -58,6 +58,7 @@ _STATED = re.compile(r"(?:\bis|\bare|=|\bequals|\bequal to|\bbe|\bof|:|^|\d\s+to
 
 
 def sentences(text: str) -> list[str]:
+    """The response's sentences and lines, without code blocks and closing chatter ("I hope this helps")."""
     text = _CODE.sub(" ", text)
     parts = re.split(r"(?<=[.!?])\s+|\n+", text)
     return [p.strip() for p in parts if p.strip() and not _CHATTER.match(p.strip())]
@@ -85,8 +86,8 @@ def _numbers(sentence: str) -> list[tuple[int, str]]:
     return out
 
 
-LAST_STATED = rule("last_stated", "of a sentence's numbers, the last one stated ('... is 12', '= 12') is its result, "
-                    "not the first ('AOB = 100 and BAC = 80, so ACB is 50' states 50)")
+LAST_STATED = rule("last_stated", "of a sentence's numbers, the last one stated ('... is 12', '= 12', 'there are 3', a "
+                    "range's end 'from 1 to 7') is its result ('AOB = 100 and BAC = 80, so ACB is 50' states 50)")
 
 
 STATED_FIRST = rule("stated_first", "in a short answer a number stated as a result ('is 12.25') comes before a "
@@ -121,6 +122,7 @@ _FINAL_VALUE = re.compile(r"\bfinal (?:value|answer|result)\b", re.IGNORECASE)
 
 
 def free_form(response: str) -> str | None:
+    """The number a response gives: its explicit answer, a bold value, else the one its conclusion states."""
     ans, _ = find_answer(response)
     if ans is not None:
         v = to_number(ans)
