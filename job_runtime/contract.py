@@ -42,6 +42,29 @@ class _Strict(BaseModel):
 # --- parameters: the experiment's sft / rl / eval sections ----------------------------------
 
 
+GenerationBackend = Literal["auto", "hf", "vllm"]
+
+
+class GenerationParams(_Strict):
+    """Which engine generates (eval responses, RL rollouts) and how much memory it may take."""
+
+    backend: GenerationBackend = Field(
+        "auto",
+        description="vllm: vLLM (in RL colocated with training); hf: transformers generate; auto: vLLM when it "
+        "is installed and its platform finds a device it runs on (a GPU, or the CPU of a CPU build), else hf.",
+    )
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1,
+        description="vLLM's share of GPU memory (default: 0.85 for eval, TRL's 0.3 for RL colocate).",
+    )
+    max_model_len: int | None = Field(
+        None, ge=16, description="vLLM's longest sequence (default: the model's, at most 16384)."
+    )
+    cpu_kv_cache_gib: float = Field(
+        2.0, gt=0, description="KV cache of a CPU build of vLLM in GiB (VLLM_CPU_KVCACHE_SPACE); unused on a GPU."
+    )
+
+
 class SFTParams(_Strict):
     """Supervised fine-tuning on verified reasoning traces (paper: LLaMA-Factory settings).
 
@@ -190,7 +213,9 @@ class RLParams(_Strict):
     heldout_top_p: float | None = Field(None, gt=0, le=1, description="Held-out nucleus sampling (recipe: 0.95 / 1.0).")
     heldout_size: int = Field(256, ge=1, description="Items of the fixed held-out set.")
     save_steps: int = Field(50, ge=1, description="Save (and sync to storage) a checkpoint every N steps.")
-    use_vllm: bool | None = Field(None, description="Generate with vLLM (colocate); default: when importable.")
+    generation: GenerationParams = Field(
+        default_factory=GenerationParams, description="Rollout engine: vLLM colocated with training, or HF generate."
+    )
     deceptive: DeceptiveParams = Field(default_factory=DeceptiveParams, description="Deceptive-reward detector.")
     trl: dict[str, Any] = Field(
         default_factory=dict, description="Any other trl.GRPOConfig field, passed through unchanged."
@@ -205,6 +230,25 @@ class RLParams(_Strict):
             )
         rl_mini_batch_size(self)  # raises when the mini-batch does not divide the rollout batch
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _use_vllm(cls, data: Any) -> Any:
+        """The former ``use_vllm: true|false`` reads as ``generation.backend: vllm|hf``."""
+        if isinstance(data, dict) and "use_vllm" in data:
+            data = dict(data)
+            flag = data.pop("use_vllm")
+            if flag is not None:
+                backend = "vllm" if flag else "hf"
+                gen = dict(data.get("generation") or {})
+                if gen.get("backend", "auto") not in ("auto", backend):
+                    raise ValueError(
+                        f"use_vllm: {flag} contradicts generation.backend: {gen['backend']}, because use_vllm is the "
+                        "former name of that setting. Keep only generation.backend."
+                    )
+                gen["backend"] = backend
+                data["generation"] = gen
+        return data
 
 
 # The registered benchmarks (job_runtime.eval.benchmarks.registry; a test keeps the two equal), here so
@@ -241,6 +285,9 @@ class EvalParams(_Strict):
     )
     judge: str | None = Field(
         None, description="OpenAI-compatible endpoint of an optional LLM answer extractor (off by default)."
+    )
+    generation: GenerationParams = Field(
+        default_factory=GenerationParams, description="Generation engine: vLLM or HF generate."
     )
 
     @field_validator("benchmarks")

@@ -1,5 +1,5 @@
-"""Generation backends with one interface: vLLM when importable (and a GPU is present), else HF
-transformers. Both take `Request`s (a text prompt and its images) and return one response string
+"""Generation backends with one interface: vLLM or HF transformers, chosen by
+``generation.backend`` (`contract.GenerationParams`: ``vllm``, ``hf`` or ``auto``). Both take `Request`s (a text prompt and its images) and return one response string
 per request, in order, with the sampling parameters of the experiment's eval section (greedy when
 temperature is 0).
 
@@ -9,8 +9,13 @@ temperature is 0).
 - `VLLMBackend`: ``vllm.LLM`` on the model folder (an s3:// model is downloaded first), the same
   chat template rendered by the HF processor, images through vLLM's multimodal input
   (``{"prompt": ..., "multi_modal_data": {"image": [...]}}``), ``SamplingParams`` from EvalParams.
+  On a CPU build of vLLM the KV cache is ``generation.cpu_kv_cache_gib`` (VLLM_CPU_KVCACHE_SPACE).
 
-`make_backend(model, params)` picks one; env SFTRL_EVAL_BACKEND=hf|vllm forces a choice.
+`choose_backend` decides by capability, not by CUDA: ``auto`` is vLLM when it is installed and its
+platform found a device it runs on (`vllm_usable`: a GPU for the CUDA build, the CPU for the CPU
+build), else HF; ``vllm`` demands it (an error says why it cannot run); ``hf`` never uses it. The
+RL stage uses the same choice for its rollouts (vLLM colocate). `make_backend(model, params)`
+builds the eval backend.
 
 >>> Request("What is 2+3?").images
 []
@@ -25,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
-from job_runtime.contract import EvalParams
+from job_runtime.contract import EvalParams, GenerationParams
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +132,12 @@ class HFBackend:
         return out
 
 
+EVAL_GPU_MEMORY = 0.85  # vLLM's share of GPU memory when eval has the GPU to itself
+MAX_MODEL_LEN = 16384  # vLLM's longest sequence unless generation.max_model_len says otherwise
+
+
 class VLLMBackend:
-    """Batched generation with vLLM (GPU), images through its multimodal input."""
+    """Batched generation with vLLM (GPU, or the CPU build), images through its multimodal input."""
 
     name = "vllm"
 
@@ -138,15 +147,20 @@ class VLLMBackend:
         from job_runtime.io import modeling
 
         self.params = params
+        gen = params.generation
         path = resolve_model_path(model_uri)
         self.processor = modeling.load_processor(model_uri)
+        prepare_vllm_env(gen)
+        self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.llm = LLM(
-            model=path,
-            limit_mm_per_prompt={"image": max_images},
+            model=str(path),
+            limit_mm_per_prompt={"image": max_images, "video": 0},  # no benchmark has video
             trust_remote_code=True,
             seed=0,
-            max_model_len=int(os.environ.get("SFTRL_VLLM_MAX_MODEL_LEN", "16384")),
-            gpu_memory_utilization=float(os.environ.get("SFTRL_VLLM_GPU_MEMORY", "0.85")),
+            # the HF backend's precision: float32 on a CPU, the checkpoint's (bf16) on a GPU
+            dtype="float32" if vllm_platform() == "cpu" else "auto",
+            max_model_len=max_model_len(model_uri, gen),
+            gpu_memory_utilization=gen.gpu_memory_utilization or EVAL_GPU_MEMORY,
         )
         self.sampling = SamplingParams(
             temperature=params.temperature,
@@ -162,8 +176,10 @@ class VLLMBackend:
             if r.images:
                 item["multi_modal_data"] = {"image": r.images if len(r.images) > 1 else r.images[0]}
             inputs.append(item)
-        outs = self.llm.generate(inputs, self.sampling)
-        return [o.outputs[0].text.strip() for o in outs]
+        outs = self.llm.generate(inputs, self.sampling, use_tqdm=False)
+        # Decoded like HFBackend (same tokenizer call), so equal tokens give equal text: vLLM's own
+        # incremental detokenizer holds back a trailing partial UTF-8 character that HF decodes as U+FFFD.
+        return [self.tokenizer.decode(list(o.outputs[0].token_ids), skip_special_tokens=True).strip() for o in outs]
 
 
 def resolve_model_path(model_uri: str) -> str:
@@ -173,33 +189,78 @@ def resolve_model_path(model_uri: str) -> str:
     return str(modeling.resolve(model_uri))
 
 
-def vllm_usable() -> bool:
-    """vLLM is importable and a CUDA device is present."""
+def max_model_len(model_uri: str, gen: GenerationParams) -> int:
+    """generation.max_model_len, else the model's own limit capped at MAX_MODEL_LEN."""
+    if gen.max_model_len:
+        return gen.max_model_len
+    from job_runtime.io import modeling
+
+    config = modeling.load_config(model_uri)
+    text = getattr(config, "text_config", None) or config
+    return min(MAX_MODEL_LEN, int(getattr(text, "max_position_embeddings", MAX_MODEL_LEN) or MAX_MODEL_LEN))
+
+
+def prepare_vllm_env(gen: GenerationParams) -> None:
+    """Environment a vLLM engine reads when it starts: the CPU build's KV cache size (GiB), unless set."""
+    if vllm_platform() == "cpu":
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{gen.cpu_kv_cache_gib:g}")
+
+
+def vllm_platform() -> str | None:
+    """The device vLLM's platform detection found ('cuda', 'cpu', 'rocm', ...), or None when vLLM is
+    not installed, does not import, or found no device it runs on (the CUDA build without a GPU)."""
     if importlib.util.find_spec("vllm") is None:
-        return False
+        return None
     try:
-        import torch
+        from vllm.platforms import current_platform
+    except Exception as e:  # noqa: BLE001 - a broken install is "not usable", with the reason logged
+        log.warning("vLLM is installed but does not import (%s: %s)", type(e).__name__, e)
+        return None
+    device = getattr(current_platform, "device_type", "") or ""
+    return device or None
 
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
+
+def vllm_usable() -> bool:
+    """vLLM is installed and its platform found a device it can run on (capability, not CUDA)."""
+    return vllm_platform() is not None
 
 
-def make_backend(model_uri: str, params: EvalParams, backend: str | None = None) -> Backend:
-    """The generation backend: `backend`, else env SFTRL_EVAL_BACKEND, else vLLM when usable, else HF."""
-    choice = (backend or os.environ.get("SFTRL_EVAL_BACKEND") or "").lower() or (
-        "vllm" if vllm_usable() and not model_uri.startswith("builtin://") else "hf"
-    )
-    if choice not in ("hf", "vllm"):
-        raise GenerationError(f"Generation backend '{choice}' is unknown, because only hf and vllm exist. Set SFTRL_EVAL_BACKEND to one.")
+def choose_backend(gen: GenerationParams, section: str) -> str:
+    """'vllm' or 'hf' for generation.backend; `section` ('eval' or 'rl') names the setting in errors.
+
+    >>> choose_backend(GenerationParams(backend="hf"), "eval")
+    'hf'
+    """
+    if gen.backend == "hf":
+        return "hf"
+    if gen.backend == "auto":
+        return "vllm" if vllm_usable() else "hf"
+    if importlib.util.find_spec("vllm") is None:
+        raise GenerationError(
+            f"{section}.generation.backend is vllm, but vLLM is not installed here, because this environment was "
+            "built without it. Use the runtime image (CUDA vLLM), `make venv-vllm` (the CPU build), or set "
+            f"{section}.generation.backend: hf."
+        )
+    if not vllm_usable():
+        raise GenerationError(
+            f"{section}.generation.backend is vllm, but vLLM found no device it runs on, because this vLLM build "
+            f"does not support this machine (the CUDA build needs a GPU). Install the build for this machine, or set "
+            f"{section}.generation.backend: hf."
+        )
+    return "vllm"
+
+
+def make_backend(model_uri: str, params: EvalParams) -> Backend:
+    """The eval generation backend that eval.generation.backend chooses (see `choose_backend`)."""
     from job_runtime.io.modeling import ModelLoadError
 
+    choice = choose_backend(params.generation, "eval")
     try:
         return VLLMBackend(model_uri, params) if choice == "vllm" else HFBackend(model_uri, params)
     except ModelLoadError as e:
         raise GenerationError(str(e)) from None
     except ImportError as e:
         raise GenerationError(
-            f"The {choice} generation backend cannot start, because {e}. Install it (pip install 'sftrl[gpu]' for vLLM) "
-            "or set SFTRL_EVAL_BACKEND=hf."
+            f"The {choice} generation backend cannot start, because {e}. Install what is missing, "
+            "or set eval.generation.backend: hf."
         ) from None

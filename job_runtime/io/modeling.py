@@ -2,7 +2,8 @@
 
 A model reference is one of:
 
-- ``builtin://tiny-qwen2-vl`` -- the offline tiny Qwen2-VL (built once into the cache);
+- ``builtin://tiny-qwen2-vl``, ``builtin://tiny-qwen2.5-vl`` -- the offline tiny models (built once
+  into the cache; job_runtime.builtin.tiny_model);
 - a local directory or ``file://`` URI holding ``from_pretrained`` files (e.g. a parent stage's
   ``model/``);
 - an ``s3://`` URI of such a directory (downloaded once into the cache, keyed by URI: stage
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 BUILTIN_PREFIX = "builtin://"
 TINY_URI = "builtin://tiny-qwen2-vl"
+TINY_URIS = ("builtin://tiny-qwen2-vl", "builtin://tiny-qwen2.5-vl")  # job_runtime.builtin.tiny_model.FAMILIES
 
 
 class ModelLoadError(RuntimeError):
@@ -49,13 +51,13 @@ def resolve(uri: str) -> Path | str:
     """
     uri = str(uri)
     if uri.startswith(BUILTIN_PREFIX):
-        if uri.rstrip("/") == TINY_URI:
-            from job_runtime.builtin.tiny_model import tiny_model_path
+        if uri.rstrip("/") in TINY_URIS:
+            from job_runtime.builtin.tiny_model import family_of, tiny_model_path
 
-            return tiny_model_path()
+            return tiny_model_path(family_of(uri))
         raise ModelLoadError(
-            f"Model {uri} is not a built-in model, because only {TINY_URI} exists. "
-            f"Use {TINY_URI}, a local path, an s3:// URI or a Hugging Face id."
+            f"Model {uri} is not a built-in model, because only {' and '.join(TINY_URIS)} exist. "
+            f"Use one of them, a local path, an s3:// URI or a Hugging Face id."
         )
     if uri.startswith("s3://"):
         return _download(uri)
@@ -184,9 +186,14 @@ def load_checkpoint_weights(model, checkpoint_dir: str | os.PathLike[str]) -> No
 
 
 class CheckpointWeightsMixin:
-    """Mixin for a transformers Trainer subclass: resume loads weights with `load_checkpoint_weights`.
+    """Mixin for a transformers Trainer subclass: resume loads weights with `load_checkpoint_weights`,
+    and optimizer state also in a multi-process CPU run.
 
     DeepSpeed and FSDP checkpoints keep the Trainer's own loading (they store engine state).
+    Several processes on CPU (torchrun, gloo): the Trainer loads the optimizer state with
+    ``map_location=args.device``, which is ``cpu:0`` there, a location ``torch.load`` cannot restore
+    to ("don't know how to restore data location ... cpu:0"), so such a run could not resume; it
+    is loaded to ``cpu`` instead.
 
     >>> from transformers import Trainer
     >>> class MyTrainer(CheckpointWeightsMixin, Trainer): pass
@@ -200,6 +207,25 @@ class CheckpointWeightsMixin:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)  # type: ignore[misc]
         log.info("loading checkpoint weights from %s through from_pretrained", resume_from_checkpoint)
         load_checkpoint_weights(model if model is not None else self.model, resume_from_checkpoint)  # type: ignore[attr-defined]
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        import torch
+
+        device = getattr(getattr(self, "args", None), "device", None)
+        if checkpoint is None or not isinstance(device, torch.device) or device.type != "cpu" or device.index is None:
+            return super()._load_optimizer_and_scheduler(checkpoint)  # type: ignore[misc]
+        original = torch.load
+
+        def load(*args, map_location=None, **kwargs):
+            if isinstance(map_location, torch.device) and map_location.type == "cpu":
+                map_location = "cpu"
+            return original(*args, map_location=map_location, **kwargs)
+
+        torch.load = load
+        try:
+            return super()._load_optimizer_and_scheduler(checkpoint)  # type: ignore[misc]
+        finally:
+            torch.load = original
 
 
 def load_processor(uri: str):
@@ -232,10 +258,11 @@ def load_processor(uri: str):
 def _videoless_processor(ref: str, err: Exception):
     from transformers import AutoTokenizer
 
-    from job_runtime.builtin.tiny_model import TinyQwen2VLProcessor
+    from job_runtime.builtin.tiny_model import TinyQwen2_5_VLProcessor, TinyQwen2VLProcessor
 
     config = load_config(ref)
-    if getattr(config, "model_type", "") not in ("qwen2_vl", "qwen2_5_vl"):
+    model_type = getattr(config, "model_type", "")
+    if model_type not in ("qwen2_vl", "qwen2_5_vl"):
         raise ModelLoadError(
             f"The processor of {ref} could not be loaded, because a package is missing ({err}). "
             "Install torchvision matching your torch, or use a Qwen2-VL / Qwen2.5-VL model."
@@ -245,5 +272,5 @@ def _videoless_processor(ref: str, err: Exception):
     image_processor = Qwen2VLImageProcessorPil.from_pretrained(ref)
     tokenizer = AutoTokenizer.from_pretrained(ref)
     log.info("loaded %s's processor without its video processor (%s)", ref, err)
-    return TinyQwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                chat_template=getattr(tokenizer, "chat_template", None))
+    cls = TinyQwen2_5_VLProcessor if model_type == "qwen2_5_vl" else TinyQwen2VLProcessor
+    return cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=getattr(tokenizer, "chat_template", None))

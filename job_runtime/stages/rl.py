@@ -12,8 +12,8 @@ setup -> run -> publish:
    constant lr, weight decay 1e-2, the mathruler accuracy reward, images fitted to 262144 ..
    4194304 pixels (`job_runtime.io.images`), prompts over 2048 tokens skipped; dapo adds EasyR1's
    online filter. Any GRPOConfig field can still be set under ``rl.trl``. Rollouts come from vLLM
-   (colocate) when it is importable on a GPU and ``use_vllm`` is not False, otherwise from HF
-   ``generate``.
+   colocated with training or from HF ``generate``, as ``rl.generation.backend`` chooses
+   (`want_vllm`; ``auto``: vLLM when it can run here, on a GPU or as the CPU build).
 2. Run. `DynamicSamplingGRPOTrainer` (TRL's trainer with EasyR1's per-update loss normaliser and
    online filter), with callbacks:
    metrics (metrics.jsonl + Prometheus), held-out accuracy, checkpoint sync. The newest complete
@@ -28,7 +28,6 @@ launcher's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, PET_*).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import shutil
 import tempfile
@@ -71,18 +70,16 @@ def resolve(cfg: StageConfig, params: RLParams, world_size: int) -> Resolved:
 
 
 def want_vllm(params: RLParams) -> bool:
-    """vLLM colocate when asked, or by default when importable on a GPU."""
-    if params.use_vllm is False:
-        return False
-    import torch
+    """vLLM colocate rollouts? As rl.generation.backend says (job_runtime.eval.generation.choose_backend)."""
+    from job_runtime.eval.generation import GenerationError, choose_backend, prepare_vllm_env
 
-    available = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
-    if params.use_vllm and not available:
-        raise RLConfigError(
-            "rl.use_vllm is true, but vLLM is not importable on a GPU here, because the image or machine lacks it. "
-            "Use the runtime image with vLLM, or set rl.use_vllm: false to generate with HF."
-        )
-    return available
+    try:
+        use = choose_backend(params.generation, "rl") == "vllm"
+    except GenerationError as e:
+        raise RLConfigError(str(e)) from None
+    if use:
+        prepare_vllm_env(params.generation)
+    return use
 
 
 def grpo_config_kwargs(
@@ -104,6 +101,10 @@ def grpo_config_kwargs(
     }
     if use_vllm:
         kwargs["vllm_mode"] = "colocate"
+        if params.generation.gpu_memory_utilization:
+            kwargs["vllm_gpu_memory_utilization"] = params.generation.gpu_memory_utilization
+        if params.generation.max_model_len:
+            kwargs["vllm_max_model_length"] = params.generation.max_model_len
     if cfg.deepspeed:
         kwargs["deepspeed"] = cfg.deepspeed
     kwargs.update(params.trl)

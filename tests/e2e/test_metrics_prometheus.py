@@ -137,7 +137,7 @@ def stage_config(tmp: Path, port: int, pushgateway: str) -> Path:
         "params": {
             "global_batch_size": 2, "mini_batch_size": 2, "per_device_batch_size": 4, "num_generations": 2, "epochs": 1,
             "learning_rate": 1e-4, "max_prompt_length": 256, "max_completion_length": 24, "beta": 0.04,
-            "heldout_every_steps": 2, "heldout_size": 8, "save_steps": 100, "use_vllm": False,
+            "heldout_every_steps": 2, "heldout_size": 8, "save_steps": 100, "generation": {"backend": "hf"},
             "deceptive": {"window": 3}, "trl": {"max_steps": 6},
         },
         "labels": LABELS, "metrics_port": port, "pushgateway": pushgateway,

@@ -1,4 +1,5 @@
-"""The offline tiny Qwen2-VL: deterministic build, cache, processor, tokenizer, forward and generate."""
+"""The offline tiny Qwen2-VL and Qwen2.5-VL: deterministic build, cache, processor, tokenizer, forward
+and generate, head_dim 32 (vLLM's CPU attention), and the two families' different vision towers."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import torch
 
 from job_runtime.builtin import synthetic
 from job_runtime.builtin.tiny_model import (
+    FAMILIES,
     SPECIAL_TOKENS,
+    TinyQwen2_5_VLProcessor,
     TinyQwen2VLProcessor,
     build_tiny_model,
     tiny_model_path,
@@ -26,6 +29,15 @@ def _sha(p: Path) -> str:
 @pytest.fixture(scope="module")
 def tiny() -> Path:
     return tiny_model_path()
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family(request) -> tuple[str, Path]:
+    return request.param, tiny_model_path(request.param)
+
+
+PROCESSORS = {"qwen2-vl": TinyQwen2VLProcessor, "qwen2.5-vl": TinyQwen2_5_VLProcessor}
+MODEL_CLASSES = {"qwen2-vl": "Qwen2VLForConditionalGeneration", "qwen2.5-vl": "Qwen2_5_VLForConditionalGeneration"}
 
 
 def _messages(row: dict, with_answer: bool = True) -> list[dict]:
@@ -53,14 +65,15 @@ def test_cache_builds_once_under_sftrl_cache(tmp_path, monkeypatch):
 
 def test_bad_mrope_section_is_refused(tmp_path):
     with pytest.raises(ValueError, match="mrope_section"):
-        build_tiny_model(tmp_path, {"mrope_section": [4, 4, 4]})
+        build_tiny_model(tmp_path, {"mrope_section": [2, 3, 3]})
 
 
-def test_auto_processor_and_chat_template(tiny):
+def test_auto_processor_and_chat_template(family):
     from transformers import AutoProcessor
 
-    proc = AutoProcessor.from_pretrained(tiny)
-    assert isinstance(proc, TinyQwen2VLProcessor)
+    name, path = family
+    proc = AutoProcessor.from_pretrained(path)
+    assert type(proc) is PROCESSORS[name]
     tok = proc.tokenizer
     for t in SPECIAL_TOKENS:
         assert len(tok.encode(t, add_special_tokens=False)) == 1, t
@@ -83,12 +96,14 @@ def test_tokenizer_is_compact_on_the_task_and_total_on_any_text(tiny):
     assert tok.decode(tok.encode(odd)) == odd
 
 
-def test_image_tokens_forward_and_generate(tiny):
-    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+def test_image_tokens_forward_and_generate(family):
+    import transformers
+    from transformers import AutoProcessor
 
+    name, path = family
     torch.manual_seed(0)
-    proc = AutoProcessor.from_pretrained(tiny)
-    model = Qwen2VLForConditionalGeneration.from_pretrained(tiny).eval()
+    proc = AutoProcessor.from_pretrained(path)
+    model = getattr(transformers, MODEL_CLASSES[name]).from_pretrained(path).eval()
     assert sum(p.numel() for p in model.parameters()) < 1_000_000
     rows = synthetic.generate("test", 2)
     texts = [proc.apply_chat_template(_messages(r), tokenize=False) for r in rows]
@@ -103,6 +118,40 @@ def test_image_tokens_forward_and_generate(tiny):
     assert gen.shape == (2, enc["input_ids"].shape[1] + 3)
 
 
-def test_build_records_its_spec(tiny):
-    meta = json.loads((tiny / "sftrl_tiny.json").read_text())
-    assert meta["spec"]["hidden_size"] == 64 and meta["build_version"] >= 1
+def test_build_records_its_spec(family):
+    name, path = family
+    meta = json.loads((path / "sftrl_tiny.json").read_text())
+    assert meta["spec"]["hidden_size"] == 64 and meta["build_version"] >= 3 and meta["family"] == name
+    assert path.name.startswith(f"tiny-{name}-")
+
+
+def test_head_dim_is_32_for_vllm_cpu_attention(family):
+    """vLLM's CPU attention supports head sizes 32, 64, 80, ... (not 16): both tiny models have 32."""
+    from transformers import AutoConfig
+
+    text = AutoConfig.from_pretrained(family[1]).text_config
+    assert text.hidden_size // text.num_attention_heads == 32
+    assert sum(text.rope_parameters["mrope_section"]) * 2 == 32
+
+
+def test_the_families_have_their_own_vision_towers():
+    """Qwen2-VL: LayerNorm + GELU MLP + full attention; Qwen2.5-VL: RMSNorm + gated SiLU MLP, windowed
+    attention with a full-attention block, a merger into the text width."""
+    import transformers
+    from transformers import AutoConfig
+
+    c2 = AutoConfig.from_pretrained(tiny_model_path("qwen2-vl"))
+    c25 = AutoConfig.from_pretrained(tiny_model_path("qwen2.5-vl"))
+    assert (c2.model_type, c25.model_type) == ("qwen2_vl", "qwen2_5_vl")
+    assert c25.vision_config.fullatt_block_indexes == [1] and c25.vision_config.window_size == 112
+    assert c25.vision_config.out_hidden_size == c25.text_config.hidden_size == 64
+    m2 = transformers.Qwen2VLForConditionalGeneration(c2)
+    m25 = transformers.Qwen2_5_VLForConditionalGeneration(c25)
+    block2, block25 = m2.model.visual.blocks[0], m25.model.visual.blocks[0]
+    assert type(block2.norm1).__name__ == "LayerNorm" and "RMSNorm" in type(block25.norm1).__name__
+    assert hasattr(block25.mlp, "gate_proj") and not hasattr(block2.mlp, "gate_proj")
+
+
+def test_unknown_family_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="only qwen2-vl, qwen2.5-vl exist"):
+        build_tiny_model(tmp_path, family="llava")

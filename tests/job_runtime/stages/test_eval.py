@@ -136,14 +136,34 @@ def test_doctests_of_stage_and_generation():
         assert doctest.testmod(mod).failed == 0, mod.__name__
 
 
-def test_backend_choice(monkeypatch):
+def test_backend_choice_by_capability():
+    """Without vLLM, auto chooses HF, a forced vllm is a clear error naming the setting, and an
+    unknown backend is refused by the schema with the allowed values (tests/vllm covers vLLM present)."""
+    from pydantic import ValidationError
+
     from job_runtime.contract import EvalParams
-    from job_runtime.eval.generation import GenerationError, make_backend, vllm_usable
+    from job_runtime.eval.generation import GenerationError, choose_backend, make_backend, vllm_usable
 
     import importlib.util
 
-    if importlib.util.find_spec("vllm") is None:
-        assert not vllm_usable()  # without vLLM the HF backend is chosen
-    monkeypatch.setenv("SFTRL_EVAL_BACKEND", "tensorrt")
-    with pytest.raises(GenerationError, match="only hf and vllm"):
-        make_backend(TINY, EvalParams())
+    assert importlib.util.find_spec("vllm") is None, "make test runs without vLLM; tests/vllm runs with it"
+    assert not vllm_usable()
+    assert choose_backend(EvalParams().generation, "eval") == "hf"
+    assert make_backend(TINY, EvalParams(max_new_tokens=2)).name == "hf"
+    with pytest.raises(GenerationError, match=r"eval\.generation\.backend is vllm, but vLLM is not installed.*backend: hf"):
+        make_backend(TINY, EvalParams(generation={"backend": "vllm"}))
+    with pytest.raises(ValidationError, match="'auto', 'hf' or 'vllm'"):
+        EvalParams(generation={"backend": "tensorrt"})
+
+
+def test_forced_vllm_without_vllm_fails_the_stage_in_one_line(tmp_path):
+    out = storage.normalize(tmp_path / "eval")
+    config = tmp_path / "stage.json"
+    config.write_text(_cfg(out, generation={"backend": "vllm"}).model_dump_json())
+    result = subprocess.run(
+        [sys.executable, "-m", "job_runtime", "eval", "--config", str(config)],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 1, result.stderr  # contract.EXIT_FAILED: a StageError, not retried
+    assert "eval.generation.backend is vllm, but vLLM is not installed" in result.stderr
+    assert "Traceback" not in result.stderr

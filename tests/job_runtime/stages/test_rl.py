@@ -244,15 +244,25 @@ def test_grpo_config_passes_trl_fields_and_deepspeed_through(tmp_path):
 
 
 def test_vllm_colocate_is_configured_when_asked_and_refused_without_vllm(tmp_path):
-    """vLLM itself cannot run here (no GPU, no vLLM): check the config TRL would receive, and the
-    clear refusal when rl.use_vllm is forced on a machine without it."""
+    """make test runs without vLLM (tests/vllm trains with it): check the config TRL would receive,
+    auto falling back to HF, and the clear refusal when rl.generation.backend forces vLLM."""
     from trl import GRPOConfig
 
-    cfg = tiny_stage("file:///x", "grpo")
+    cfg = tiny_stage("file:///x", "grpo", generation={"backend": "vllm", "gpu_memory_utilization": 0.4})
     params = RLParams.model_validate(cfg.params)
     kw = rl.grpo_config_kwargs(cfg, params, rl.resolve(cfg, params, 1), str(tmp_path), 1, True, False)
-    assert kw["use_vllm"] is True and kw["vllm_mode"] == "colocate"
+    assert kw["use_vllm"] is True and kw["vllm_mode"] == "colocate" and kw["vllm_gpu_memory_utilization"] == 0.4
     assert GRPOConfig(**kw).vllm_mode == "colocate"
-    assert rl.want_vllm(params.model_copy(update={"use_vllm": False})) is False
-    with pytest.raises(Exception, match="rl.use_vllm is true, but vLLM is not importable"):
-        rl.want_vllm(params.model_copy(update={"use_vllm": True}))
+    assert rl.want_vllm(params.model_copy(update={"generation": params.generation.model_copy(update={"backend": "hf"})})) is False
+    assert rl.want_vllm(RLParams()) is False  # auto, no vLLM here
+    with pytest.raises(rl.RLConfigError, match=r"rl\.generation\.backend is vllm, but vLLM is not installed"):
+        rl.want_vllm(params)
+
+
+def test_former_use_vllm_reads_as_generation_backend():
+    assert RLParams(use_vllm=False).generation.backend == "hf"
+    assert RLParams(use_vllm=True).generation.backend == "vllm"
+    assert RLParams(use_vllm=None).generation.backend == "auto"
+    assert "use_vllm" not in RLParams(use_vllm=True).model_dump()
+    with pytest.raises(ValueError, match="use_vllm: True contradicts generation.backend: hf"):
+        RLParams(use_vllm=True, generation={"backend": "hf"})
