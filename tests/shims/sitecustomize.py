@@ -204,6 +204,22 @@ def _row_fields(fields: dict, i: int, offsets) -> dict:
     return row
 
 
+def _group_keys(prompts: list, inputs: dict) -> list[str]:
+    """Per row: a hash of its prompt tokens and its image's pixels (the rollouts of one prompt share it)."""
+    import hashlib
+
+    pixels, grid = inputs.get("pixel_values"), inputs.get("image_grid_thw")
+    keys, start = [], 0
+    for i, ids in enumerate(prompts):
+        h = hashlib.sha256(str(ids).encode())
+        if pixels is not None and grid is not None:
+            n = int(grid[i].prod())
+            h.update(pixels[start : start + n].float().cpu().numpy().tobytes())
+            start += n
+        keys.append(h.hexdigest()[:16])
+    return keys
+
+
 def _record_steps(trainer_cls) -> None:
     original = trainer_cls._compute_loss
 
@@ -211,10 +227,12 @@ def _record_steps(trainer_cls) -> None:
         if model.training:
             ids_p, ids_c = inputs["prompt_ids"], inputs["completion_ids"]
             pm, cm = inputs["prompt_mask"], inputs["completion_mask"]
+            prompts = [p[m.bool()].tolist() for p, m in zip(ids_p.cpu(), pm.cpu())]
             _append({
                 "event": "micro_batch",
                 "step": int(self.state.global_step),
-                "prompts": [p[m.bool()].tolist() for p, m in zip(ids_p.cpu(), pm.cpu())],
+                "prompts": prompts,
+                "groups": _group_keys(prompts, inputs),  # TRL shuffles rows: this says which rows form a group
                 "completions": [c[m.bool()].tolist() for c, m in zip(ids_c.cpu(), cm.cpu())],
                 "advantages": [round(float(a), 6) for a in inputs["advantages"].reshape(len(ids_p), -1)[:, 0].cpu()],
             })

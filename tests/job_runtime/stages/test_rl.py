@@ -59,14 +59,15 @@ def tiny_params(**overrides) -> dict:
     return RLParams.model_validate(params).model_dump(mode="json")
 
 
-def tiny_stage(output: str, algorithm: str = "grpo", scale: int = 12, stage_id: str = "rl-test", **overrides) -> StageConfig:
+def tiny_stage(output: str, algorithm: str = "grpo", scale: int = 12, stage_id: str = "rl-test",
+               model: str = "builtin://tiny-qwen2-vl", **overrides) -> StageConfig:
     """An rl stage config for the tiny model: `scale` prompts, 4 per rollout batch, 4 updates each
     (scale 12 -> 3 rollout batches, 12 optimiser steps)."""
     return StageConfig(
         kind="rl",
         id=stage_id,
         output=output,
-        model="builtin://tiny-qwen2-vl",
+        model=model,
         data={"train": "builtin://synthetic/rl", "heldout": "builtin://synthetic/test?n=4"},
         scale=scale,
         seed=0,
@@ -128,6 +129,19 @@ def test_grpo_stage_trains_publishes_and_matches_pins(tmp_path):
     before = storage.read_bytes(storage.join(out, "_SUCCESS"))
     rl.run(tiny_stage(out, "grpo"))
     assert storage.read_bytes(storage.join(out, "_SUCCESS")) == before
+
+
+@pytest.mark.slow
+def test_qwen2_5_vl_trains_with_grpo(tmp_path):
+    """The other family: its windowed vision tower and processor through TRL's GRPO (one rollout batch)."""
+    out = storage.normalize(tmp_path / "stages" / "rl-qwen25")
+    rl.run(tiny_stage(out, "grpo", scale=4, model="builtin://tiny-qwen2.5-vl"))
+    manifest = storage.read_manifest(out)
+    assert manifest["global_step"] >= 1
+    train = [r for r in rows_of(out) if "reward" in r]
+    assert train and all(0 < r["rewards/vowel_reward/mean"] < 1 for r in train)
+    config = storage.read_json(storage.join(out, "model", "config.json"))
+    assert config["model_type"] == "qwen2_5_vl"
 
 
 @pytest.mark.slow

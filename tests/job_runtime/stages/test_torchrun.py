@@ -266,8 +266,13 @@ def test_dapo_dynamic_sampling_judges_each_rank_by_its_own_rewards(tmp_path):
         for r in micro:
             if filled.get(r["step"] + 1, 0):
                 continue  # a batch topped up with flat groups after max_rounds: allowed, and counted
-            groups = [r["advantages"][i : i + 4] for i in range(0, len(r["advantages"]), 4)]
-            assert groups and all(any(abs(a) > 0 for a in g) for g in groups), (rank, r["step"], groups)
+            groups: dict[str, list[float]] = {}
+            for key, adv in zip(r["groups"], r["advantages"]):
+                groups.setdefault(key, []).append(adv)
+            # 2 whole groups per rank (a refill may draw a prompt already in the batch: one key, 8 rows)
+            assert sum(map(len, groups.values())) == 8 and all(len(g) % 4 == 0 for g in groups.values()), groups
+            flat = [g for g in groups.values() if not any(abs(a) > 0 for a in g)]
+            assert not flat, f"rank {rank} trained on a group without reward variance at step {r['step'] + 1}: {groups}"
     assert_rank0_published_once(run)
 
 
