@@ -64,6 +64,7 @@ bench: $(STAMP)
 	$(PY) bench/score_throughput.py
 	$(PY) bench/score_agreement.py
 	$(PY) bench/k8s_scale.py
+	$(PY) bench/gpu_train.py
 
 clean:
 	rm -rf runs .pytest_cache

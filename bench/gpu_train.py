@@ -300,8 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - started
     n_roll = size["rl_prompts"] * size["rl_gen"]
     print(f"device: {device}; model: {args.model} ({'Qwen2.5-VL-3B shape, random weights' if args.model == '3b' else 'builtin://tiny-qwen2.5-vl'})")
-    print(f"SFT   batch {size['sft_batch']} x ~{size['seq_len']} trace tokens + image: stage {stage['stage_tokens_per_s']:,.0f} "
-          f"tokens/s ({stage['steps']} steps), plain HF {plain_tps:,.0f} tokens/s")
+    print(f"SFT   batch {size['sft_batch']} x ~{size['seq_len']} trace tokens + image: stage {stage['stage_tokens_per_s']:,.1f} "
+          f"tokens/s ({stage['steps']} steps), plain HF {plain_tps:,.1f} tokens/s")
     print(f"GRPO  one step, {size['rl_prompts']} prompts x {size['rl_gen']} rollouts = {n_roll} x {size['rl_tokens']} new tokens:"
           f" stage rollout {rl_stage['rollout_s']:.2f} s, update {rl_stage['update_s']:.2f} s;"
           f" plain HF generate {rl_plain['rollout_s']:.2f} s, update {rl_plain['update_s']:.2f} s")

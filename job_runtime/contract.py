@@ -60,8 +60,8 @@ class GenerationParams(_Strict):
     max_model_len: int | None = Field(
         None, ge=16, description="vLLM's longest sequence (default: the model's, at most 16384)."
     )
-    cpu_kv_cache_gib: float = Field(
-        2.0, gt=0, description="KV cache of a CPU build of vLLM in GiB (VLLM_CPU_KVCACHE_SPACE); unused on a GPU."
+    cpu_kv_cache_gib: int = Field(
+        2, ge=1, description="KV cache of a CPU build of vLLM in whole GiB (VLLM_CPU_KVCACHE_SPACE); unused on a GPU."
     )
 
 

@@ -203,7 +203,7 @@ def max_model_len(model_uri: str, gen: GenerationParams) -> int:
 def prepare_vllm_env(gen: GenerationParams) -> None:
     """Environment a vLLM engine reads when it starts: the CPU build's KV cache size (GiB), unless set."""
     if vllm_platform() == "cpu":
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{gen.cpu_kv_cache_gib:g}")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(gen.cpu_kv_cache_gib))
 
 
 def vllm_platform() -> str | None:

@@ -273,6 +273,11 @@ def run(cfg: StageConfig) -> None:
                 )
             funcs, weights = _reward_setup(params, recipe)
         args.reward_weights = weights
+        image_token = getattr(model.config, "image_token_id", None)
+        if use_vllm and image_token is not None:
+            # TRL suppresses the image token in HF generate only; from vLLM, a sampled one would not match
+            # the image features in the training forward pass ("Image features and image tokens do not match").
+            args.generation_kwargs = {"logit_bias": {int(image_token): -100.0}, **(args.generation_kwargs or {})}
 
         metrics = StageMetrics(cfg, metrics_path)
         heldout = HeldoutCallback(

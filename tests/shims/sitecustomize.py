@@ -14,7 +14,11 @@ test sets. Nothing here is imported by the product; each shim says why it exists
   so vLLM's type checks hold). Without a video processor vLLM cannot profile video inputs, so
   ``vllm.LLM`` gets ``limit_mm_per_prompt`` video 0 where the caller (TRL's colocate engine) sets
   none, and ``enforce_eager`` (no torch.compile warm-up: engines start in seconds instead of minutes
-  on 2 cores). The production image has torchvision and needs none of this.
+  on 2 cores). The CPU build also repacks every linear weight for oneDNN and frees the original
+  (``dispatch_cpu_unquantized_gemm``), so TRL's colocate weight sync (``load_weights`` after each
+  step) has no tensor to write into; the shim gives every layer vLLM's own plain fallback
+  (``torch.nn.functional.linear`` on the live weight), so synced weights are the ones used. The
+  production image (CUDA vLLM) has torchvision and none of these limits, and needs none of this.
 - ``SFTRL_SHIM_SEEDED_ROLLOUTS=1`` (tests/job_runtime/stages/test_torchrun.py): HF rollouts of
   TRL's GRPOTrainer are sampled one prompt at a time, each with a torch seed made of (prompt tokens,
   image pixels, rollout index in its group, optimiser step). A rollout then does not depend on how the generation
@@ -42,6 +46,7 @@ _PROCESSORS = {
 }
 _PATCH_AFTER = {"trl.trainer.grpo_trainer", "job_runtime.train.checkpoints"}
 _VLLM_LLM = "vllm.entrypoints.llm"
+_VLLM_GEMM = "vllm.model_executor.layers.utils"
 
 
 class _AliasLoader(importlib.abc.Loader):
@@ -75,7 +80,7 @@ class _Finder(importlib.abc.MetaPathFinder):
     def __init__(self, vllm_cpu: bool, seeded: bool, record: bool):
         self.names: set[str] = set()
         if vllm_cpu:
-            self.names |= {_TV_MODULE, _VLLM_LLM, *_PROCESSORS}
+            self.names |= {_TV_MODULE, _VLLM_LLM, _VLLM_GEMM, *_PROCESSORS}
         if seeded or record:
             self.names |= _PATCH_AFTER
 
@@ -105,6 +110,13 @@ def _patch(name: str, module) -> None:
             return original(cls, *args, **kwargs)
 
         base.from_pretrained = classmethod(from_pretrained)
+    elif name == _VLLM_GEMM:
+        import torch
+
+        def dispatch_cpu_unquantized_gemm(layer, remove_weight):
+            layer.cpu_linear = torch.nn.functional.linear  # the live weight, so weight syncs take effect
+
+        module.dispatch_cpu_unquantized_gemm = dispatch_cpu_unquantized_gemm
     elif name == _VLLM_LLM:
         llm_init = module.LLM.__init__
 

@@ -18,7 +18,7 @@ FAMILIES = {"qwen2-vl": "builtin://tiny-qwen2-vl", "qwen2.5-vl": "builtin://tiny
 
 def _cfg(output: str, model: str, backend: str, data: dict[str, str]) -> StageConfig:
     params = {"benchmarks": ["synthetic", "math500"], "limit": 6, "max_new_tokens": 16, "batch_size": 4, "data": data,
-              "generation": {"backend": backend, "cpu_kv_cache_gib": 0.5}}
+              "generation": {"backend": backend, "cpu_kv_cache_gib": 1}}
     return StageConfig(kind="eval", id=f"eval-{backend}", output=output, model=model, params=params,
                        labels=Labels(experiment="e", run="r", stage=f"eval-{backend}", model="tiny", method="base"))
 

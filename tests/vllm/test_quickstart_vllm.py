@@ -29,7 +29,7 @@ def experiment(tmp_path: Path, backend: str) -> Path:
     s["storage"] = str(tmp_path / "runs")
     s["methods"] = ["sft"]
     s["scales"] = [256]
-    s["eval"]["generation"] = {"backend": backend, "cpu_kv_cache_gib": 0.5}
+    s["eval"]["generation"] = {"backend": backend, "cpu_kv_cache_gib": 1}
     path = tmp_path / f"quickstart-{backend}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

@@ -26,7 +26,7 @@ def _stage(output: str, model: str) -> StageConfig:
         "epochs": 1, "learning_rate": 1e-3, "global_batch_size": 4, "per_device_batch_size": 16,
         "num_generations": 4, "max_prompt_length": 256, "max_completion_length": 8, "heldout_every_steps": 1,
         "heldout_size": 4, "save_steps": 1, "reward": {"custom": {CUSTOM: 1.0}},
-        "generation": {"backend": "vllm", "cpu_kv_cache_gib": 0.5, "max_model_len": 512},
+        "generation": {"backend": "vllm", "cpu_kv_cache_gib": 1, "max_model_len": 512},
     }).model_dump(mode="json")
     return StageConfig(
         kind="rl", id="rl-vllm", output=output, model=model, scale=8, seed=0, algorithm="grpo", params=params,
