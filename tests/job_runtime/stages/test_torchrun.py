@@ -56,9 +56,10 @@ def even_answer_vowel_reward(completions, answer, **_):
 
 def rl_stage(output: str, algorithm: str, **overrides) -> StageConfig:
     params = {
-        "epochs": 1, "learning_rate": 1e-3, "global_batch_size": 4, "per_device_batch_size": 8,
-        "num_generations": 4, "max_prompt_length": 256, "max_completion_length": 8, "heldout_every_steps": 1,
-        "heldout_size": 6, "save_steps": 1, "generation": {"backend": "hf"},
+        # one update per rollout batch (mini_batch_size = global_batch_size), so an optimiser step is a rollout batch
+        "epochs": 1, "learning_rate": 1e-3, "global_batch_size": 4, "mini_batch_size": 4, "per_device_batch_size": 8,
+        "num_generations": 4, "max_prompt_length": 256, "max_completion_length": 8, "min_pixels": 16384,
+        "heldout_every_steps": 1, "heldout_size": 6, "save_steps": 1, "generation": {"backend": "hf"},
         "reward": {"accuracy": 0.9, "format": 0.1, "custom": {REWARD: 1.0}},
         **overrides,
     }
