@@ -208,6 +208,8 @@ def stage_rl(model: str, rl_file: Path, size: dict, work: Path) -> dict[str, flo
     from job_runtime.stages import rl
 
     params = {"epochs": 1, "learning_rate": 1e-6, "global_batch_size": size["rl_prompts"],
+              "mini_batch_size": size["rl_prompts"],  # one update per rollout batch: one optimiser step
+              "min_pixels": size["image"] ** 2, "max_pixels": size["image"] ** 2,  # the images as written
               "per_device_batch_size": size["rl_micro"], "num_generations": size["rl_gen"],
               "max_prompt_length": 4096, "max_completion_length": size["rl_tokens"], "heldout_every_steps": 1000,
               "save_steps": 10_000, "generation": {"backend": "hf"}, "trl": {"temperature": 1.0}}
