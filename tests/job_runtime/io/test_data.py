@@ -201,7 +201,7 @@ def test_model_references_resolve(tmp_path):
     assert (tiny / "config.json").is_file()
     assert modeling.resolve(f"file://{tiny}") == tiny
     assert modeling.resolve("Qwen/Qwen2.5-VL-3B-Instruct") == "Qwen/Qwen2.5-VL-3B-Instruct"
-    with pytest.raises(modeling.ModelLoadError, match="only builtin://tiny-qwen2-vl exists"):
+    with pytest.raises(modeling.ModelLoadError, match="only builtin://tiny-qwen2-vl and builtin://tiny-qwen2.5-vl exist"):
         modeling.resolve("builtin://huge-model")
     with pytest.raises(modeling.ModelLoadError, match="does not exist or is not a directory"):
         modeling.resolve(str(tmp_path / "absent"))
