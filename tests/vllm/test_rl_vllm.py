@@ -23,8 +23,9 @@ CUSTOM = "tests.job_runtime.stages.test_rl.vowel_reward"  # varies across rollou
 
 def _stage(output: str, model: str) -> StageConfig:
     params = RLParams.model_validate({
-        "epochs": 1, "learning_rate": 1e-3, "global_batch_size": 4, "per_device_batch_size": 16,
-        "num_generations": 4, "max_prompt_length": 256, "max_completion_length": 8, "heldout_every_steps": 1,
+        # one update per rollout batch: scale 8 = 2 rollout batches = 2 optimiser steps
+        "epochs": 1, "learning_rate": 1e-3, "global_batch_size": 4, "mini_batch_size": 4, "per_device_batch_size": 16,
+        "num_generations": 4, "max_prompt_length": 256, "min_pixels": 16384, "max_completion_length": 8, "heldout_every_steps": 1,
         "heldout_size": 4, "save_steps": 1, "reward": {"custom": {CUSTOM: 1.0}},
         "generation": {"backend": "vllm", "cpu_kv_cache_gib": 1, "max_model_len": 512},
     }).model_dump(mode="json")
