@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 SCHEMA_VERSION = "sftrl/v1"
 
-StageKind = Literal["sft", "rl", "eval"]
-STAGE_KINDS: tuple[str, ...] = ("sft", "rl", "eval")
+StageKind = Literal["sft", "rl", "eval", "distill", "probe"]
+STAGE_KINDS: tuple[str, ...] = ("sft", "rl", "eval", "distill", "probe")
 Algorithm = Literal["grpo", "dapo"]
 RLRecipe = Literal["easyr1", "trl"]
 SFTRecipe = Literal["llamafactory", "trl"]
@@ -130,6 +130,18 @@ class DeceptiveParams(_Strict):
     stop: bool = Field(False, description="Stop the stage when flagged, keeping the best checkpoint by accuracy.")
 
 
+class ProbeParams(_Strict):
+    """rl.probe: before an RL stage, sample rollouts of the policy it starts from on a fixed sample of
+    its prompts, and predict its signal availability (the share of prompts with mixed outcomes)."""
+
+    enabled: bool = Field(True, description="Run a probe stage in front of every RL stage.")
+    prompts: int = Field(256, ge=1, description="RL prompts probed: the first N of the RL subset's fixed order.")
+    samples: int | None = Field(
+        None, ge=2, description="Rollouts per prompt (default: rl.num_generations, the GRPO group size)."
+    )
+    batch_size: int = Field(64, ge=1, description="Prompts per generation batch (HF backend).")
+
+
 class RLParams(_Strict):
     """GRPO / DAPO (paper: EasyR1 settings).
 
@@ -220,6 +232,16 @@ class RLParams(_Strict):
     trl: dict[str, Any] = Field(
         default_factory=dict, description="Any other trl.GRPOConfig field, passed through unchanged."
     )
+    probe: ProbeParams = Field(default_factory=ProbeParams, description="The RL-readiness probe in front of each RL stage.")
+    min_signal: float | None = Field(
+        None, ge=0, le=1,
+        description="Skip an RL stage whose probe predicts a smaller share of prompts with mixed outcomes "
+                    "(e.g. 0.1; default: off, every RL stage runs).",
+    )
+
+
+# RLParams fields that steer the controller (the probe, the skip rule), not the RL stage's training.
+RL_CONTROLLER_FIELDS: tuple[str, ...] = ("probe", "min_signal")
 
     @model_validator(mode="after")
     def _layout(self) -> RLParams:
@@ -301,7 +323,62 @@ class EvalParams(_Strict):
         return v
 
 
-PARAMS_BY_KIND: dict[str, type[BaseModel]] = {"sft": SFTParams, "rl": RLParams, "eval": EvalParams}
+class DistillParams(_Strict):
+    """A data source built by distillation: teacher rollouts on prompts, verified, kept as SFT traces."""
+
+    teacher: str = Field(
+        description="Teacher model: HF id, local path, s3:// URI, builtin:// model, or builtin://synthetic-solver "
+                    "(the synthetic task's offline solver).",
+    )
+    prompts: str = Field(
+        description="Questions with answers and images (the RL columns): parquet/jsonl path, s3:// URI, HF id or builtin://.",
+    )
+    samples_per_prompt: int = Field(8, ge=1, description="Teacher responses sampled per prompt.")
+    keep_per_prompt: int = Field(1, ge=1, description="Verified traces kept per prompt: shortest first, duplicates removed.")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature of the teacher (0: greedy).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of the teacher.")
+    max_new_tokens: int = Field(2048, ge=1, description="Longest teacher response in tokens.")
+    max_prompts: int | None = Field(None, ge=1, description="Distill only the first N prompts of the fixed order.")
+    batch_size: int = Field(64, ge=1, description="Prompts per generation batch (HF backend).")
+    reward: RewardWeights | None = Field(
+        None, description="Rewards that verify a trace (accuracy and format must both be 1); default: rl.reward.",
+    )
+
+
+class ProbeRun(_Strict):
+    """The parameters of a probe stage, resolved from rl and rl.probe by the planner."""
+
+    prompts: int = Field(ge=1, description="Prompts probed (the first N of the RL subset).")
+    samples: int = Field(ge=2, description="Rollouts per prompt.")
+    temperature: float = Field(gt=0, description="Sampling temperature (rl.temperature).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (rl.top_p).")
+    max_new_tokens: int = Field(ge=1, description="Longest rollout (rl.max_completion_length).")
+    max_prompt_length: int = Field(4096, ge=8, description="Prompts longer than this are skipped, as in the RL stage.")
+    reward: RewardWeights = Field(default_factory=RewardWeights, description="The RL stage's reward (rl.reward).")
+    batch_size: int = Field(64, ge=1, description="Prompts per generation batch (HF backend).")
+
+
+class DecontamParams(_Strict):
+    """Training prompts matching an evaluation item of the experiment's benchmarks are dropped."""
+
+    enabled: bool = Field(True, description="Drop SFT, RL, probe and distill prompts that match a benchmark item.")
+    ngram: int = Field(8, ge=3, description="Word n-gram length of the question-text match (open-r1: 8).")
+    template_items: int = Field(
+        5, ge=2, description="A text n-gram shared by this many items of one benchmark is template text, not used.",
+    )
+    image_distance: int = Field(6, ge=0, le=16, description="Max differing bits of the 64-bit perceptual image hash.")
+
+
+class Decontamination(DecontamParams):
+    """What a stage needs to decontaminate its prompts: the settings plus the benchmarks to load."""
+
+    benchmarks: list[str] = Field(default_factory=list, description="Benchmarks whose items are excluded.")
+    data: dict[str, str] = Field(default_factory=dict, description="Per-benchmark data overrides (eval.data).")
+
+
+PARAMS_BY_KIND: dict[str, type[BaseModel]] = {
+    "sft": SFTParams, "rl": RLParams, "eval": EvalParams, "distill": DistillParams, "probe": ProbeRun,
+}
 
 
 # --- the stage config: stages/<id>/stage.json ----------------------------------------------
@@ -342,6 +419,9 @@ class StageConfig(_Strict):
     labels: Labels
     metrics_port: int | None = Field(None, description="Serve Prometheus metrics on this port from rank 0.")
     pushgateway: str | None = Field(None, description="Push final outcomes to this Pushgateway URL.")
+    decontaminate: Decontamination | None = Field(
+        None, description="sft, rl, probe, distill: drop prompts matching these benchmarks' items (None: off).",
+    )
 
     def typed_params(self) -> BaseModel:
         """The parameters validated against this kind's model (SFTParams, RLParams or EvalParams)."""
@@ -360,6 +440,7 @@ SAMPLES_JSONL = "samples.jsonl"  # eval: one row per scored item
 MODEL_DIR = "model"  # final weights + processor, loadable by from_pretrained
 CHECKPOINTS_DIR = "checkpoints"  # checkpoint-<step>/ each with its own _SUCCESS
 LOG_TXT = "log.txt"  # local executor: the stage's stdout and stderr
+DISTILL_DATA = "data/sft.parquet"  # distill: the verified traces, read by the sft stages of its data source
 SPEC_YAML = "spec.yaml"
 PLAN_JSON = "plan.json"
 REPORT_DIR = "report"
@@ -400,6 +481,11 @@ TRAIN_METRICS: dict[str, tuple[str, str]] = {
     "heldout_accuracy": ("sftrl_heldout_accuracy_ratio", "Accuracy on the fixed held-out set during RL."),
     "deceptive_reward": ("sftrl_deceptive_reward", "1 while the deceptive-reward detector flags the stage."),
     "dynamic_sampling/dropped_groups": ("sftrl_dynamic_sampling_dropped_groups", "Zero-variance groups dropped this step."),
+    "probe/mixed_share": ("sftrl_probe_mixed_ratio", "Probe: share of prompts whose rollouts got different rewards (predicted signal)."),
+    "probe/pass_at_1": ("sftrl_probe_pass_at_1_ratio", "Probe: mean share of correct rollouts per prompt."),
+    "probe/pass_at_k": ("sftrl_probe_pass_at_k_ratio", "Probe: share of prompts with at least one correct rollout."),
+    "distill/pass_rate": ("sftrl_distill_pass_rate_ratio", "Distill: mean share of verified teacher responses per prompt."),
+    "distill/kept_traces": ("sftrl_distill_kept_traces", "Distill: verified traces kept for SFT."),
 }
 PUSH_JOB = "sftrl"  # Pushgateway grouping key {job: sftrl, stage: <stage id>} (runtime pushes, operator deletes)
 EVAL_ACCURACY_METRIC = ("sftrl_eval_accuracy_ratio", "Headline score of a benchmark (label: benchmark).")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -176,6 +177,97 @@ def verify_trace(trace: str, answer: str) -> bool:
 
     m = re.fullmatch(r"<think>.*</think>\s*\\boxed\{([^{}]*)\}", trace, flags=re.DOTALL)
     return bool(m) and m.group(1).strip() == str(answer).strip()
+
+
+# --- the task's solver: an offline teacher for distillation ---------------------------------------
+
+SOLVER_URI = "builtin://synthetic-solver"
+# Trace styles a sampling solver cycles through (sample j uses style j mod 4). Style 2 boxes the
+# right answer without a <think> block, so it fails the study's format reward.
+SOLVER_STYLES = (
+    "<think>{c} filled. {c} + {a} = {t}</think> \\boxed{{{t}}}",
+    "<think>{c} filled, so {c} + {a} = {t}</think> \\boxed{{{t}}}",
+    "{c} + {a} = {t}, so the answer is \\boxed{{{t}}}.",
+    "<think>The grid has {c} filled squares out of 4. Adding {a} gives {c} + {a} = {t}.</think> The answer is \\boxed{{{t}}}.",
+)
+
+
+def count_filled(image: Image.Image) -> int:
+    """Filled squares of a task image, read from its pixels (each quadrant's centre against the corner).
+
+    >>> rows = generate("test", 20)
+    >>> all(count_filled(r["image"]) == bin(r["pattern"]).count("1") for r in rows)
+    True
+    """
+    rgb = image.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE))
+    bg = rgb.getpixel((1, 1))
+    half = IMAGE_SIZE // 2
+    filled = 0
+    for i in range(4):
+        px = rgb.getpixel(((i % 2) * half + half // 2, (i // 2) * half + half // 2))
+        filled += max(abs(a - b) for a, b in zip(px, bg)) > 40
+    return filled
+
+
+def parse_solver_uri(uri: str) -> tuple[int, float]:
+    """(skill, slip) of ``builtin://synthetic-solver[?skill=K&slip=P]``.
+
+    ``skill``: the most filled squares it can count (default 4: all); above it, it answers K (wrong).
+    ``slip``: the chance that a sampled response (temperature > 0) miscounts by one (default 0).
+
+    >>> parse_solver_uri("builtin://synthetic-solver?skill=2&slip=0.25"), parse_solver_uri(SOLVER_URI)
+    ((2, 0.25), (4, 0.0))
+    """
+    parsed = urlparse(uri)
+    if f"{parsed.scheme}://{parsed.netloc}{parsed.path}".rstrip("/") != SOLVER_URI:
+        raise ValueError(f"{uri} is not a solver URI. Use {SOLVER_URI}[?skill=K&slip=P].")
+    query = parse_qs(parsed.query)
+    unknown = sorted(set(query) - {"skill", "slip"})
+    if unknown:
+        raise ValueError(f"{uri} has unknown query keys {unknown}, because only skill and slip exist. Remove them.")
+    try:
+        skill = int(query["skill"][0]) if "skill" in query else 4
+        slip = float(query["slip"][0]) if "slip" in query else 0.0
+    except ValueError:
+        raise ValueError(f"{uri}: skill must be an integer and slip a number. Fix the query string.") from None
+    if not 0 <= skill <= 4 or not 0 <= slip <= 1:
+        raise ValueError(f"{uri}: skill must be 0..4 and slip 0..1. Fix the query string.")
+    return skill, slip
+
+
+def solve(image: Image.Image, question: str, sample: int = 0, temperature: float = 0.0, skill: int = 4,
+          slip: float = 0.0, seed: int = 0) -> str:
+    """The solver's response to a task prompt: counts the image, reads the addend, writes a trace.
+
+    Greedy (temperature 0): the canonical trace (`make_trace`). Sampling: sample j takes style
+    j mod 4 of SOLVER_STYLES and miscounts by one with probability `slip` (a fixed function of
+    seed, question, image and j). A count above `skill` is reported as `skill`.
+
+    >>> r = generate("test", 1)[0]
+    >>> solve(r["image"], r["question"]) == r["trace"]
+    True
+    >>> solve(r["image"], r["question"], sample=2, temperature=1.0).startswith("<think>")
+    False
+    """
+    m = re.search(r"Add (\d+)", question)
+    if m is None:
+        return "I cannot read this question."
+    addend, count = int(m.group(1)), min(count_filled(image), skill)
+    if temperature <= 0:
+        return make_trace_from_count(count, addend)
+    key = hashlib.sha256(f"{seed}:{question}:{sample}".encode() + image.convert("RGB").tobytes()).digest()
+    if int.from_bytes(key[:8], "big") / 2**64 < slip:
+        count = count + 1 if count < 4 else count - 1
+    return SOLVER_STYLES[sample % len(SOLVER_STYLES)].format(c=count, a=addend, t=count + addend)
+
+
+def make_trace_from_count(count: int, addend: int) -> str:
+    """`make_trace` from a count instead of a pattern.
+
+    >>> make_trace_from_count(2, 5) == make_trace(0b1001, 5)
+    True
+    """
+    return SOLVER_STYLES[0].format(c=count, a=addend, t=count + addend)
 
 
 def parse_uri(uri: str) -> tuple[str, int, int]:

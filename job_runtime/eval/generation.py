@@ -104,8 +104,8 @@ class HFBackend:
         p = self.params
         sample = p.temperature > 0
         gen: dict[str, Any] = {"max_new_tokens": p.max_new_tokens, "do_sample": sample}
-        if sample:
-            gen.update(temperature=p.temperature, top_p=p.top_p)
+        if sample:  # top_k=0: no top-k cut, as vLLM's and TRL's GRPO sampling (transformers' default is 50)
+            gen.update(temperature=p.temperature, top_p=p.top_p, top_k=0)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         with torch.no_grad():
             out = self.model.generate(**inputs, pad_token_id=pad, **gen)

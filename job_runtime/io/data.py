@@ -318,14 +318,22 @@ def _synthetic_raw(uri: str, want: int | None, role: str) -> list[dict[str, Any]
     return rows
 
 
+Exclude = Callable[[dict[str, Any]], "str | None"]  # converted row -> why it is dropped, or None
+
+
 def select(uri: str, convert: Callable[[dict[str, Any], str], dict[str, Any]], scale: int | None,
-           what: str = "train") -> tuple[list[dict[str, Any]], DataReport]:
-    """The first `scale` usable rows of a source in the fixed order, converted, with a report."""
+           what: str = "train", exclude: Exclude | None = None) -> tuple[list[dict[str, Any]], DataReport]:
+    """The first `scale` usable rows of a source in the fixed order, converted, with a report.
+
+    ``exclude`` (decontamination: job_runtime.io.decontam.Index.reason) drops a converted row with a
+    reason, counted in the report like a malformed row, so the subset still has `scale` rows.
+    """
     if scale is not None and scale < 1:
         raise DataError(f"Data scale {scale} is not positive. Use a scale of 1 or more rows.")
     if _is_builtin(uri):
         try:
-            raw = _synthetic_raw(uri, scale, what)
+            # decontamination may drop rows: draw a margin beyond `scale` (rows are prefix-stable)
+            raw = _synthetic_raw(uri, scale if exclude is None or scale is None else 2 * scale, what)
         except ValueError as e:
             raise DataError(str(e)) from None
         available, base, order = (raw[0]["_available"] if raw else 0), "", list(range(len(raw)))
@@ -341,7 +349,11 @@ def select(uri: str, convert: Callable[[dict[str, Any], str], dict[str, Any]], s
         try:
             if not isinstance(row, dict):
                 raise RowError("not an object")
-            out.append(convert(row, base))
+            converted = convert(row, base)
+            why = exclude(converted) if exclude is not None else None
+            if why:
+                raise RowError(why)
+            out.append(converted)
         except RowError as e:
             report.skip(i, str(e))
     report.used = len(out)
@@ -390,15 +402,15 @@ def _dataset(rows: list[dict[str, Any]], kind: str):
     return datasets.Dataset.from_list(rows, features=features)
 
 
-def load_sft(data: dict[str, str] | str, scale: int | None = None):
+def load_sft(data: dict[str, str] | str, scale: int | None = None, exclude: Exclude | None = None):
     """(TRL dataset of {images, prompt, completion, id}, DataReport) from data['train']."""
-    rows, report = select(_source(data, "train"), sft_row, scale, "train")
+    rows, report = select(_source(data, "train"), sft_row, scale, "train", exclude)
     return _dataset(rows, "sft"), report
 
 
-def load_rl(data: dict[str, str] | str, scale: int | None = None):
+def load_rl(data: dict[str, str] | str, scale: int | None = None, exclude: Exclude | None = None):
     """(TRL dataset of {image, prompt, answer, [choices], id}, DataReport) from data['train']."""
-    rows, report = select(_source(data, "train"), rl_row, scale, "train")
+    rows, report = select(_source(data, "train"), rl_row, scale, "train", exclude)
     return _dataset(rows, "rl"), report
 
 
@@ -407,9 +419,9 @@ def sft_dataset(data: dict[str, str] | str, scale: int | None = None, seed: int 
     return load_sft(data, scale)[0]
 
 
-def rl_dataset(data: dict[str, str] | str, scale: int | None = None, seed: int = 0):
+def rl_dataset(data: dict[str, str] | str, scale: int | None = None, seed: int = 0, exclude: Exclude | None = None):
     """The RL training prompts. `seed` (the run seed) does not change the subset, by design."""
-    return load_rl(data, scale)[0]
+    return load_rl(data, scale, exclude)[0]
 
 
 def fit_images(dataset, min_pixels: int | None = None, max_pixels: int | None = None, qwen2vl_guards: bool = False):

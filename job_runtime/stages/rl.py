@@ -184,13 +184,14 @@ def _user_errors(cfg: StageConfig):
     """Bad parameters, data or model references become a StageError: one line, no traceback."""
     from pydantic import ValidationError
 
+    from job_runtime.eval.contamination import ContaminationSetupError
     from job_runtime.io.data import DataError
     from job_runtime.io.modeling import ModelLoadError
     from job_runtime.train.rewards import RewardConfigError
 
     try:
         yield
-    except (RLConfigError, RecipeError, DataError, ModelLoadError, RewardConfigError) as e:
+    except (RLConfigError, RecipeError, DataError, ModelLoadError, RewardConfigError, ContaminationSetupError) as e:
         raise StageError(str(e)) from None
     except ValidationError as e:
         raise StageError(f"rl parameters of stage {cfg.id} are invalid: {e}") from None
@@ -212,6 +213,7 @@ def run(cfg: StageConfig) -> None:
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOConfig
 
+    from job_runtime.eval.contamination import index_for
     from job_runtime.io import data, modeling
     from job_runtime.train.checkpoints import CheckpointSync, publish_stage, resume_dir
     from job_runtime.train.dynamic_sampling import DynamicSamplingGRPOTrainer, FilterExhausted
@@ -255,7 +257,10 @@ def run(cfg: StageConfig) -> None:
             model = modeling.load_model(cfg.model, dtype=torch.bfloat16 if cuda else torch.float32)
             with args.main_process_first(local=True, desc="load data"):
                 pixels = {"min_pixels": recipe["min_pixels"], "max_pixels": recipe["max_pixels"]}
-                train = data.fit_images(data.rl_dataset(cfg.data, scale=cfg.scale, seed=cfg.seed), **pixels)
+                contamination = index_for(cfg.decontaminate)  # benchmark items never trained on
+                train = data.fit_images(data.rl_dataset(cfg.data, scale=cfg.scale, seed=cfg.seed,
+                                                        exclude=contamination.reason if contamination else None),
+                                        **pixels)
                 heldout_rows = (data.heldout_rows(cfg.data, params.heldout_size, **pixels)
                                 if cfg.data.get("heldout") else [])
             max_prompt = recipe["max_prompt_length"]
@@ -337,6 +342,9 @@ def run(cfg: StageConfig) -> None:
                 "final_model": "best_heldout" if final == heldout.best_dir else "last",
                 "mean_reward": _summary(history, "reward"),
                 "mean_signal_availability": None if zero_std is None else 1.0 - zero_std,
+                "first_step_signal_availability": next(
+                    (1.0 - h["frac_reward_zero_std"] for h in history if "frac_reward_zero_std" in h), None),
+                "decontamination": contamination.summary() if contamination else None,
             }
             storage.write_json(storage.normalize(work / RESULTS_JSON), results)
             metrics.close()

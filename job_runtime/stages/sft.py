@@ -197,15 +197,19 @@ def run(cfg: StageConfig) -> None:
     sidecars = {METRICS_JSONL: metrics_path, PROGRESS_JSON: progress_path}
     with args.main_process_first(local=True, desc="fetch checkpoint"):
         checkpoint = resume_dir(output, work / "resume", sidecars=sidecars)
+    from job_runtime.eval.contamination import ContaminationSetupError, index_for
+
     recipe = resolve(cfg, params, world)
     try:
         with args.main_process_first(local=True, desc="load data"):
-            train, report = data.load_sft(cfg.data, scale=cfg.scale)
+            contamination = index_for(cfg.decontaminate)  # benchmark items never trained on
+            train, report = data.load_sft(cfg.data, scale=cfg.scale,
+                                          exclude=contamination.reason if contamination else None)
         train = data.fit_images(train, recipe["image_min_pixels"], recipe["image_max_pixels"], qwen2vl_guards=True)
         processor = modeling.load_processor(cfg.model)
         model = modeling.load_model(cfg.model, for_training=True, dtype=torch.bfloat16 if cuda else torch.float32)
         frozen = freeze_modules(model, recipe["freeze_vision_tower"], recipe["freeze_multi_modal_projector"])
-    except (data.DataError, modeling.ModelLoadError, SFTConfigError) as e:
+    except (data.DataError, modeling.ModelLoadError, SFTConfigError, ContaminationSetupError) as e:
         shutil.rmtree(work, ignore_errors=True)
         raise _stage_error(str(e)) from None
     log.info(
@@ -247,6 +251,7 @@ def run(cfg: StageConfig) -> None:
                 "train_seconds": round(seconds, 3),
                 "final_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
                 "data": report.as_dict(),
+                "decontamination": contamination.summary() if contamination else None,
             }
             storage.write_json(storage.normalize(str(work / RESULTS_JSON)), results)
             metrics.close()
