@@ -13,7 +13,7 @@ import time
 
 from controller import spec as spec_mod
 from controller.plan import Plan, build_plan
-from controller.reconcile import Observed, Phase, Policy, State, counts
+from controller.reconcile import Observed, Phase, Policy, State, counts, starved
 from job_runtime.io import storage
 from job_runtime.contract import PLAN_JSON, SPEC_YAML, experiment_uri
 
@@ -71,22 +71,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
             print(f"note: cannot tell which stages are done, because storage is not readable: {e}", file=sys.stderr)
     users: dict[str, list[str]] = {}
     for r in plan.runs:
-        for sid in (*r.train, r.eval):
-            users.setdefault(sid, []).append(r.name)
+        for sid in (r.distill, r.probe, *r.train, r.eval):
+            if sid is not None:
+                users.setdefault(sid, []).append(r.name)
     _say(f"experiment {plan.experiment}  storage {plan.root}")
     _say(f"\n{len(plan.runs)} runs")
     for r in plan.runs:
-        chain = " -> ".join([*r.train, r.eval])
+        train = [*r.train[:-1], r.probe, r.train[-1]] if r.probe else list(r.train)  # the probe guards RL
+        chain = " -> ".join([*([r.distill] if r.distill else []), *train, r.eval])
         _say(f"  {r.name:<44} {chain}")
     n_done = sum(done.values())
     known = f"{n_done} done, {len(plan.stages) - n_done} to run" if done else "status unknown"
     _say(f"\n{len(plan.stages)} stages ({known})")
-    _say(f"  {'stage':<18} {'status':<8} {'parents':<18} used by")
+    _say(f"  {'stage':<20} {'status':<8} {'parents':<20} used by")
     for sid, st in plan.stages.items():
         status = ("done" if done[sid] else "-") if done else "?"
         shared = users.get(sid, [])
         note = ", ".join(shared) + (f"  (shared by {len(shared)} runs)" if len(shared) > 1 else "")
-        _say(f"  {sid:<18} {status:<8} {','.join(st.parents) or '-':<18} {note}")
+        _say(f"  {sid:<20} {status:<8} {','.join(st.parents + st.after) or '-':<20} {note}")
     return 0
 
 
@@ -102,22 +104,51 @@ class _Progress:
 
     def __init__(self, plan: Plan, start: float):
         self.plan, self.start, self.last_beat = plan, start, start
+        self.skipped: set[str] = set()
+
+    def _what(self, sid: str) -> str:
+        st = self.plan.stages[sid]
+        return f"{sid} ({st.labels.run if st.kind not in ('eval', 'probe') else st.kind + ' ' + st.labels.run})"
 
     def __call__(self, event: str, sid: str, info: dict) -> None:
         st = self.plan.stages[sid]
-        what = f"{sid} ({st.labels.run if st.kind != 'eval' else 'eval ' + st.labels.run})"
+        what = self._what(sid)
         t = f"[{time.time() - self.start:6.0f}s]"
         if event == "launched":
             _say(f"{t} start  {what}  attempt {info['attempt']}  log: {info['log']}")
         elif event == "succeeded":
             _say(f"{t} done   {what}  in {info['seconds']:.0f}s")
+            if st.kind == "probe":
+                self._probe(sid)
         elif event == "failed":
             again = "will retry" if info["retryable"] else "not retryable"
             _say(f"{t} FAILED {what}  exit {info['returncode']} ({again}); last lines of {info['log']}:")
             for line in info["tail"].splitlines():
                 _say(f"         | {line}")
 
+    def _probe(self, sid: str) -> None:
+        """The probe's prediction, as soon as it is known (before the RL stage it guards starts)."""
+        from controller import gates
+
+        res = gates.probe_result(self.plan.stages[sid].config.output)
+        signal = gates.predicted_signal(res)
+        if res is None or signal is None:
+            return
+        k = res.get("samples", "k")
+        rl = [s for s, g in self.plan.gates.items() if g.probe == sid]
+        verdict = ""
+        for s in rl:
+            why = starved(signal, self.plan.gates[s].min_signal)
+            verdict = f"; {'RL will be skipped, ' + why if why else 'RL will run'}"
+        _say(f"         probe: predicted signal {signal:.2f} ({res.get('prompts')} prompts x {k} rollouts had mixed "
+             f"outcomes in {100 * signal:.0f}%); pass@1 {res.get('pass_at_1', 0):.3f}, pass@{k} "
+             f"{res.get('pass_at_k', 0):.3f}{verdict}")
+
     def tick(self, observed: dict[str, Observed]) -> None:
+        for sid, o in observed.items():
+            if o.state is State.SKIPPED and sid not in self.skipped:
+                self.skipped.add(sid)
+                _say(f"[{time.time() - self.start:6.0f}s] skip   {self._what(sid)}  {o.reason}")
         now = time.time()
         if now - self.last_beat >= 30:
             self.last_beat = now
@@ -164,7 +195,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     _print_results(plan, uri)
     wall = time.time() - start
     if outcome.phase is Phase.SUCCEEDED:
-        _say(f"\nall {len(plan.stages)} stages done; wall time {wall:.1f}s ({wall / 60:.1f} min)")
+        skipped = [s for s, o in outcome.observed.items() if o.state is State.SKIPPED]
+        note = f" ({len(skipped)} skipped: {', '.join(skipped)})" if skipped else ""
+        _say(f"\nall {len(plan.stages) - len(skipped)} stages done{note}; wall time {wall:.1f}s ({wall / 60:.1f} min)")
         return 0
     failed = [s for s, o in outcome.observed.items() if o.state is State.FAILED]
     _say(f"\n{len(failed)} stage(s) failed: {', '.join(failed)}; wall time {wall:.1f}s. "

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from controller import gates
 from controller.executors.base import Executor
 from controller.plan import Plan
 from controller.reconcile import Observed, Phase, Policy, phase, reconcile
@@ -31,8 +32,9 @@ def drive(
     """Run the plan to a final phase (Succeeded or Failed)."""
     start = clock()
     dag = plan.dag()
+    signals: dict[str, float | None] = {}  # finished probes' predictions (they never change)
     while True:
-        observed = executor.observe(plan)
+        observed = gates.observe(plan, executor.observe(plan), signals)  # starved RL stages: SKIPPED
         on_tick(observed)
         current = phase(dag, observed, policy)
         if current in (Phase.SUCCEEDED, Phase.FAILED):

@@ -14,8 +14,18 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.reconcile import Gate
 from controller.spec import Experiment
-from job_runtime.contract import MODEL_DIR, Labels, StageConfig, stage_uri
+from job_runtime.contract import (
+    DISTILL_DATA,
+    MODEL_DIR,
+    RL_CONTROLLER_FIELDS,
+    Decontamination,
+    Labels,
+    ProbeRun,
+    StageConfig,
+    stage_uri,
+)
 from job_runtime.io.storage import join, normalize
 
 ID_HEX = 12
@@ -25,8 +35,9 @@ ID_HEX = 12
 class Stage:
     id: str
     kind: str
-    parents: tuple[str, ...]
+    parents: tuple[str, ...]  # inputs (a model or data the stage reads): part of its id
     config: StageConfig
+    after: tuple[str, ...] = ()  # must finish first without being an input (the probe before RL): not in the id
 
     @property
     def labels(self) -> Labels:
@@ -43,11 +54,14 @@ class Run:
     seed: int | None
     train: tuple[str, ...]  # training stage ids in order
     eval: str  # eval stage id
+    probe: str | None = None  # the probe stage in front of the run's RL stage
+    distill: str | None = None  # the distill stage that built the run's SFT data
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "run": self.name, "model": self.model, "method": self.method, "data": self.data,
             "scale": self.scale, "seed": self.seed, "train": list(self.train), "eval": self.eval,
+            "probe": self.probe, "distill": self.distill,
         }
 
 
@@ -58,17 +72,21 @@ class Plan:
     stages: dict[str, Stage] = field(default_factory=dict)  # topological order
     runs: list[Run] = field(default_factory=list)
     benchmarks: list[str] = field(default_factory=list)
+    gates: dict[str, Gate] = field(default_factory=dict)  # RL stage -> its probe and rl.min_signal
 
     def dag(self) -> dict[str, tuple[str, ...]]:
-        return {sid: s.parents for sid, s in self.stages.items()}
+        """stage id -> the stages it waits for (inputs and ordering), in topological order."""
+        return {sid: s.parents + s.after for sid, s in self.stages.items()}
 
     def to_json(self) -> dict[str, Any]:
         return {
             "experiment": self.experiment,
             "storage": self.root,
             "benchmarks": self.benchmarks,
+            "gates": {sid: {"probe": g.probe, "min_signal": g.min_signal} for sid, g in self.gates.items()},
             "stages": {
-                sid: {"kind": s.kind, "parents": list(s.parents), "labels": s.labels.model_dump()}
+                sid: {"kind": s.kind, "parents": list(s.parents), **({"after": list(s.after)} if s.after else {}),
+                      "labels": s.labels.model_dump()}
                 for sid, s in self.stages.items()
             },
             "runs": [r.as_dict() for r in self.runs],
@@ -95,7 +113,9 @@ class _Builder:
         self.plan = Plan(exp.metadata.name, normalize(self.spec.storage), benchmarks=list(self.spec.eval.benchmarks))
 
     def add(self, kind: str, payload: dict[str, Any], parents: tuple[str, ...], model_uri: str,
-            labels: dict[str, str], **fields: Any) -> str:
+            labels: dict[str, str], after: tuple[str, ...] = (), **fields: Any) -> str:
+        """A stage (or the identical one already planned). ``after``: stages that must finish first
+        without being inputs (the probe in front of an RL stage): ordering only, not in the id."""
         sid = stage_id(kind, {**payload, "parents": list(parents)})
         if sid in self.plan.stages:
             return sid
@@ -104,11 +124,11 @@ class _Builder:
             labels=Labels(experiment=self.plan.experiment, stage=sid, **labels),
             deepspeed=self._deepspeed(kind, payload.get("params", {}), labels["model"]), **fields,
         )
-        self.plan.stages[sid] = Stage(sid, kind, parents, cfg)
+        self.plan.stages[sid] = Stage(sid, kind, parents, cfg, tuple(a for a in after if a not in parents))
         return sid
 
     def _deepspeed(self, kind: str, params: dict[str, Any], model_name: str) -> dict[str, Any] | None:
-        if kind == "eval":
+        if kind in ("eval", "distill", "probe"):  # generation only: no optimiser, no ZeRO
             return None
         from controller.deepspeed import accumulation_steps, estimate_params_billion, per_step_sequences, render_deepspeed
 
@@ -129,6 +149,46 @@ class _Builder:
         params = self.spec.eval.model_dump(mode="json")
         return self.add("eval", {"model": model_ref, "params": params}, parents, model_uri, labels, params=params)
 
+    def decontamination(self) -> Decontamination | None:
+        """What sft, rl, probe and distill stages exclude: the items of the experiment's benchmarks."""
+        d = self.spec.decontamination
+        if not d.enabled:
+            return None
+        return Decontamination(**d.model_dump(), benchmarks=list(self.spec.eval.benchmarks),
+                               data=dict(self.spec.eval.data))
+
+    def distill_stage(self, d: Any) -> str:
+        """The stage that builds data source d's SFT traces: one per teacher, prompts and settings,
+        shared by every model, scale, seed and method (and by data sources that distil alike)."""
+        params = d.distill.model_dump(mode="json")
+        if params["reward"] is None:
+            params["reward"] = self.spec.rl.reward.model_dump(mode="json")
+        contamination = self.decontamination()
+        payload = {"model": d.distill.teacher, "data": {"prompts": d.distill.prompts}, "params": params,
+                   "decontaminate": contamination.model_dump(mode="json") if contamination else None}
+        labels = {"run": f"distill-{d.name}", "model": "teacher", "method": "distill", "data": d.name}
+        return self.add("distill", payload, (), d.distill.teacher, labels, data={"prompts": d.distill.prompts},
+                        params=params, decontaminate=contamination)
+
+    def probe_stage(self, model_ref: str, model_uri: str, parents: tuple[str, ...], d: Any, scale: int, seed: int,
+                    labels: dict[str, str]) -> str | None:
+        """The probe in front of an RL stage: the policy RL starts from, on the first rl.probe.prompts
+        prompts of the RL subset (probes of scales at least that large are one stage)."""
+        rl = self.spec.rl
+        if not rl.probe.enabled:
+            return None
+        n = min(rl.probe.prompts, scale)
+        params = ProbeRun(prompts=n, samples=rl.probe.samples or rl.num_generations, temperature=rl.temperature,
+                          top_p=rl.top_p, max_new_tokens=rl.max_completion_length,
+                          max_prompt_length=rl.max_prompt_length, reward=rl.reward,
+                          batch_size=rl.probe.batch_size).model_dump(mode="json")
+        data = {"train": d.rl}
+        contamination = self.decontamination()
+        payload = {"model": model_ref, "data": data, "scale": n, "seed": seed, "params": params,
+                   "decontaminate": contamination.model_dump(mode="json") if contamination else None}
+        return self.add("probe", payload, parents, model_uri, {**labels, "method": "probe"}, data=data, scale=n,
+                        seed=seed, params=params, decontaminate=contamination)
+
     def build(self) -> Plan:
         spec = self.spec
         for m in spec.models:
@@ -148,26 +208,38 @@ class _Builder:
         base = {"model": m.name, "data": d.name, "scale": str(scale), "seed": str(seed), "run": name}
         train: list[str] = []
         model_ref, model_uri, parents = m.path, m.path, ()
+        contamination = self.decontamination()
+        decon = {"decontaminate": contamination.model_dump(mode="json")} if contamination else {}
+        probe = distill = None
         if method.startswith("sft"):
             params = spec_params(self.spec.sft)
-            data = {"train": d.sft}
-            sid = self.add("sft", {"model": model_ref, "data": data, "scale": scale, "seed": seed, "params": params},
-                           parents, model_uri, {**base, "method": "sft"}, data=data, scale=scale, seed=seed,
-                           params=params)
+            data, data_ref, sft_parents = {"train": d.sft}, {"train": d.sft}, parents
+            if d.distill is not None:  # the SFT traces are built by the source's distill stage
+                distill = self.distill_stage(d)
+                data = {"train": join(self.plan.stages[distill].config.output, DISTILL_DATA)}
+                data_ref, sft_parents = {"train": f"stage:{distill}/{DISTILL_DATA}"}, (distill,)
+            sid = self.add("sft", {"model": model_ref, "data": data_ref, "scale": scale, "seed": seed, "params": params,
+                                   **decon},
+                           sft_parents, model_uri, {**base, "method": "sft"}, data=data, scale=scale, seed=seed,
+                           params=params, decontaminate=contamination)
             train.append(sid)
             model_ref, model_uri, parents = f"stage:{sid}", self.model_of(sid), (sid,)
         if method != "sft":
             algorithm = method.split("+")[-1]
-            params = spec_params(self.spec.rl)
+            params = {k: v for k, v in spec_params(self.spec.rl).items() if k not in RL_CONTROLLER_FIELDS}
             data = {"train": d.rl, **({"heldout": d.heldout} if d.heldout else {})}
+            probe = self.probe_stage(model_ref, model_uri, parents, d, scale, seed, base)
             sid = self.add("rl", {"model": model_ref, "data": data, "scale": scale, "seed": seed, "params": params,
-                                  "algorithm": algorithm},
-                           parents, model_uri, {**base, "method": method}, data=data, scale=scale, seed=seed,
-                           params=params, algorithm=algorithm)
+                                  "algorithm": algorithm, **decon},
+                           parents, model_uri, {**base, "method": method}, after=(probe,) if probe else (),
+                           data=data, scale=scale, seed=seed, params=params, algorithm=algorithm,
+                           decontaminate=contamination)
+            if probe is not None and self.spec.rl.min_signal is not None:
+                self.plan.gates[sid] = Gate(probe, self.spec.rl.min_signal)
             train.append(sid)
             model_ref, model_uri, parents = f"stage:{sid}", self.model_of(sid), (sid,)
         ev = self.eval_stage(model_ref, model_uri, parents, {**base, "method": method})
-        return Run(name, m.name, method, d.name, scale, seed, tuple(train), ev)
+        return Run(name, m.name, method, d.name, scale, seed, tuple(train), ev, probe, distill)
 
 
 def spec_params(section: Any) -> dict[str, Any]:

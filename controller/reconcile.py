@@ -19,6 +19,7 @@ class State(str, Enum):
     RUNNING = "running"  # a process or job exists for it
     SUCCEEDED = "succeeded"  # its _SUCCESS manifest is in storage
     FAILED = "failed"  # the last attempt failed
+    SKIPPED = "skipped"  # will not run: its gate ruled it out (apply_gates), or a stage it needs was skipped
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,53 @@ class Observed:
     attempts: int = 0  # attempts made so far (including a running one)
     finished_at: float | None = None  # when the last attempt ended (for backoff)
     retryable: bool = True  # False for code/config failures: retrying would fail the same way
+    reason: str | None = None  # why a stage is skipped
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Run a stage only if `probe` predicts at least `min_signal` (the RL stage's rl.min_signal)."""
+
+    probe: str
+    min_signal: float
+
+
+def starved(signal: float, min_signal: float) -> str | None:
+    """The reason a stage gated at min_signal is skipped, or None when its probe predicts enough.
+
+    >>> starved(0.02, 0.1)
+    'starved: 0.02 of prompts had mixed outcomes (rl.min_signal 0.1)'
+    >>> starved(0.5, 0.1) is None
+    True
+    """
+    if signal >= min_signal:
+        return None
+    return f"starved: {signal:.2f} of prompts had mixed outcomes (rl.min_signal {min_signal:g})"
+
+
+def apply_gates(dag: Mapping[str, Sequence[str]], observed: Mapping[str, Observed], gates: Mapping[str, Gate],
+                signals: Mapping[str, float]) -> dict[str, Observed]:
+    """`observed` with SKIPPED for every stage that will not run, and why.
+
+    A gated stage is skipped when its probe's predicted signal (`signals`: probe id -> share of
+    prompts with mixed outcomes, for finished probes) is below its gate; a stage downstream of a
+    skipped one is skipped with the same reason. A stage that already ran or is running keeps its
+    state (a result is never hidden). Pure, like reconcile: the same inputs give the same states.
+    """
+    out = dict(observed)
+    reasons: dict[str, str] = {}
+    for sid, parents in dag.items():  # topological order
+        o = out.get(sid, Observed(State.PENDING))
+        if o.state in (State.SUCCEEDED, State.RUNNING):
+            continue
+        gate = gates.get(sid)
+        why = starved(signals[gate.probe], gate.min_signal) if gate is not None and gate.probe in signals else None
+        if why is None:
+            why = next((reasons[p] for p in parents if p in reasons), None)
+        if why is not None:
+            reasons[sid] = why
+            out[sid] = Observed(State.SKIPPED, o.attempts, o.finished_at, o.retryable, why)
+    return out
 
 
 @dataclass(frozen=True)
@@ -97,7 +145,7 @@ def reconcile(
         if slots is not None and slots <= 0:
             break
         o = get(sid)
-        if sid in dead or o.state in (State.RUNNING, State.SUCCEEDED):
+        if sid in dead or o.state in (State.RUNNING, State.SUCCEEDED, State.SKIPPED):
             continue
         if not all(get(p).state is State.SUCCEEDED for p in parents):
             continue
@@ -116,12 +164,13 @@ def phase(dag: Mapping[str, Sequence[str]], observed: Mapping[str, Observed], po
     states = [observed.get(sid, Observed(State.PENDING)).state for sid in dag]
     if cancelled:
         return Phase.CANCELLED
-    if all(s is State.SUCCEEDED for s in states):
+    final = (State.SUCCEEDED, State.SKIPPED)  # a skipped stage is settled, not failed
+    if all(s in final for s in states):
         return Phase.SUCCEEDED
     dead = blocked(dag, observed, policy)
     if any(s is State.RUNNING for s in states):
         return Phase.RUNNING
-    live = [sid for sid in dag if sid not in dead and observed.get(sid, Observed(State.PENDING)).state is not State.SUCCEEDED]
+    live = [sid for sid in dag if sid not in dead and observed.get(sid, Observed(State.PENDING)).state not in final]
     if not live:
         return Phase.FAILED
     return Phase.RUNNING if any(s is not State.PENDING for s in states) else Phase.PENDING

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from controller.deepspeed import Resources
 from controller.kubernetes.names import Image, LabelValue, ObjectName
-from job_runtime.contract import EvalParams, RLParams, SFTParams
+from job_runtime.contract import DecontamParams, DistillParams, EvalParams, RLParams, SFTParams
 
 API_VERSION = "sftrl/v1"
 Method = Literal["sft", "grpo", "dapo", "sft+grpo", "sft+dapo"]
@@ -53,6 +53,10 @@ class ModelSpec(_Strict):
 class DataSpec(_Strict):
     name: str = Field(description="Short name of the data source, e.g. qwenvl-distill.")
     sft: str | None = Field(None, description="SFT traces: parquet/jsonl path, s3:// URI, HF id or builtin://.")
+    distill: DistillParams | None = Field(
+        None, description="Build the SFT traces instead of giving them: a teacher's verified rollouts on prompts "
+                          "(one distill stage, shared by every model and scale). Use sft or distill, not both.",
+    )
     rl: str | None = Field(None, description="RL questions with answers (same questions as sft).")
     heldout: str | None = Field(None, description="Fixed held-out set scored during RL (deceptive-reward check).")
 
@@ -64,6 +68,8 @@ class ResourcesSpec(_Strict):
     sft: Resources | None = Field(None, description="Overrides for SFT stages.")
     rl: Resources | None = Field(None, description="Overrides for RL stages.")
     eval: Resources | None = Field(None, description="Overrides for eval stages.")
+    distill: Resources | None = Field(None, description="Overrides for distill stages (teacher generation).")
+    probe: Resources | None = Field(None, description="Overrides for probe stages (rollouts before RL).")
 
     def for_kind(self, kind: str) -> Resources:
         return getattr(self, kind) or self.default
@@ -99,6 +105,10 @@ class ExperimentSpec(_Strict):
     sft: SFTParams = Field(default_factory=SFTParams, description="SFT settings (trl.SFTConfig pass-through: sft.trl).")
     rl: RLParams = Field(default_factory=RLParams, description="RL settings (trl.GRPOConfig pass-through: rl.trl).")
     eval: EvalParams = Field(default_factory=EvalParams, description="Benchmarks and decoding.")
+    decontamination: DecontamParams = Field(
+        default_factory=DecontamParams,
+        description="Drop training prompts that match an item of eval.benchmarks (question n-grams, image hashes).",
+    )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="GPUs, nodes, DeepSpeed.")
     kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec, description="Cluster settings.")
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec, description="Parallelism and retries.")
@@ -131,18 +141,29 @@ class ExperimentSpec(_Strict):
         needs_sft = any(m.startswith("sft") for m in self.methods)
         needs_rl = any(m != "sft" for m in self.methods)
         for d in self.data:
-            if needs_sft and not d.sft:
-                problems.append(f"data '{d.name}' has no 'sft' dataset, but methods include sft. Add data[].sft")
+            if d.sft and d.distill:
+                problems.append(f"data '{d.name}' has both 'sft' and 'distill', because a source's SFT traces are "
+                                "either given or built. Keep one of them")
+            if needs_sft and not d.sft and not d.distill:
+                problems.append(f"data '{d.name}' has no 'sft' dataset, but methods include sft. "
+                                "Add data[].sft, or data[].distill to build one")
             if needs_rl and not d.rl:
                 problems.append(f"data '{d.name}' has no 'rl' dataset, but methods include RL. Add data[].rl")
         cpu_ok = all(m.path.startswith("builtin://") for m in self.models)
-        for kind in ("default", "sft", "rl", "eval"):
-            r = getattr(self.resources, kind)
-            if r is not None and r.gpus_per_node < 1 and not cpu_ok:
-                problems.append(
-                    f"resources.{kind}.gpus_per_node is 0, but sft, rl and eval stages of "
-                    f"{self.models[0].path} need a GPU. Set gpus_per_node >= 1 (builtin:// models may use 0)"
-                )
+        teachers = [d.distill.teacher for d in self.data if d.distill]
+        gpu_free = {k: cpu_ok for k in ("sft", "rl", "eval", "probe")}
+        if teachers:
+            gpu_free["distill"] = all(t.startswith("builtin://") for t in teachers)
+        needy: dict[str, list[str]] = {}  # resources entry -> stage kinds that need a GPU from it
+        for kind, free in gpu_free.items():
+            named = kind if getattr(self.resources, kind) is not None else "default"
+            if self.resources.for_kind(kind).gpus_per_node < 1 and not free:
+                needy.setdefault(named, []).append(kind)
+        for named, kinds in needy.items():
+            who = (next(t for t in teachers if not t.startswith("builtin://")) if kinds == ["distill"]
+                   else self.models[0].path)
+            problems.append(f"resources.{named}.gpus_per_node is 0, but the {', '.join(kinds)} stages of {who} need a "
+                            "GPU. Set gpus_per_node >= 1 (builtin:// models may use 0)")
         problems += self._batch_layout_problems()
         if problems:
             raise ValueError("; ".join(problems))

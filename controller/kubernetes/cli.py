@@ -244,9 +244,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     for cond in status.get("conditions") or []:
         if cond.get("type") in ("Valid", "Degraded") and cond.get("status") == ("False" if cond["type"] == "Valid" else "True"):
             print(f"  {cond['type']}: {cond.get('message')}")
-    print(f"\n{'STAGE':<18} {'KIND':<5} {'RUN':<44} {'STATE':<10} ATTEMPTS")
+    reasons = status.get("skipped") or {}
+    print(f"\n{'STAGE':<20} {'KIND':<7} {'RUN':<44} {'STATE':<10} ATTEMPTS")
     for sid, st in plan.stages.items():
-        print(f"{sid:<18} {st.kind:<5} {st.labels.run:<44} {states.get(sid, 'pending'):<10} {attempts.get(sid, 0)}")
+        why = f"  {reasons[sid]}" if sid in reasons else ""
+        print(f"{sid:<20} {st.kind:<7} {st.labels.run:<44} {states.get(sid, 'pending'):<10} {attempts.get(sid, 0)}{why}")
     return 0
 
 

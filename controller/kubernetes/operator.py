@@ -29,6 +29,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from controller import gates
 from controller.kubernetes import render
 from controller.kubernetes.executor import ApiRejected, ApiUnavailable, ClusterView, K8sExecutor, KubeApi
 from controller.plan import Plan, build_plan
@@ -105,7 +106,7 @@ def build_status(plan: Plan, observed: Mapping[str, Observed], policy: Policy, c
     ph = phase(dag, observed, policy, cancelled=cancelled)
     c = counts(dag, observed, policy)
     n = {"total": len(dag), "pending": c["pending"] + c["blocked"], "running": c["running"],
-         "succeeded": c["succeeded"], "failed": c["failed"]}
+         "succeeded": c["succeeded"], "failed": c["failed"], "skipped": c["skipped"]}
     stamp = _now_iso(now)
     prev_conds = list(prev.get("conditions") or [])
     conds = [
@@ -119,6 +120,7 @@ def build_status(plan: Plan, observed: Mapping[str, Observed], policy: Policy, c
     ]
     return {"phase": ph.value, "observedGeneration": generation, "counts": n,
             "stages": {sid: observed.get(sid, Observed(State.PENDING)).state.value for sid in dag},
+            **({"skipped": skipped} if (skipped := {s: w for s, w in gates.skipped(observed).items() if s in dag}) else {}),
             "conditions": conds}
 
 
@@ -134,7 +136,7 @@ def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
     """
     patch: dict[str, Any] = {}
     for k, v in new.items():
-        if k == "stages" and isinstance(old.get(k), dict) and isinstance(v, dict):
+        if k in ("stages", "skipped") and isinstance(old.get(k), dict) and isinstance(v, dict):
             diff = {sid: st for sid, st in v.items() if old[k].get(sid) != st}
             diff.update({sid: None for sid in old[k] if sid not in v})
             if diff:
@@ -184,6 +186,7 @@ class Operator:
         self.defaults = defaults or ClusterDefaults.from_env()
         self.max_actions, self.clock, self.on_status = max_actions, clock, on_status
         self.view = ClusterView(api, namespace, clock)
+        self.probe_signals: dict[str, float | None] = {}  # finished probes' predictions (immutable once read)
         self.tracked: dict[tuple[str, str], _Tracked] = {}
         self.phases: dict[tuple[str, str], str] = {}
         self._last_counts: dict[tuple[str, str], dict[str, int]] = {}
@@ -275,7 +278,7 @@ class Operator:
                                pushgateway=self.defaults.pushgateway, extra_env=self.defaults.pod_env,
                                events=lambda kind, reason, message: self.event(obj, kind, reason, message),
                                clock=self.clock)
-        observed = executor.observe(plan)
+        observed = gates.observe(plan, executor.observe(plan), self.probe_signals)  # rl.min_signal: skip starved RL
         actions = reconcile(plan.dag(), observed, now, policy, cancel=cancel)
         if cancel:  # a shared stage keeps running while another live experiment needs it
             actions = [a for a in actions if not (isinstance(a, Delete) and a.stage in needed)]
@@ -285,7 +288,7 @@ class Operator:
         problems = {**executor.rejected, **executor.storage_errors}
         status = build_status(plan, observed, policy, cancel, gen, prev, problems, now)
         self._forget_superseded(set(prev.get("stages") or {}) - set(plan.stages) - needed)
-        self._transitions(obj, plan, prev.get("stages") or {}, status["stages"])
+        self._transitions(obj, plan, prev.get("stages") or {}, status["stages"], status.get("skipped"))
         self._last_counts[(ns, name)] = status["counts"]
         self._write_status(ns, name, prev, status, obj)
         return status["phase"]
@@ -313,12 +316,15 @@ class Operator:
         if self.on_status:
             self.on_status(name, status)
 
-    def _transitions(self, obj: Mapping[str, Any], plan: Plan, old: Mapping[str, str], new: Mapping[str, str]) -> None:
+    def _transitions(self, obj: Mapping[str, Any], plan: Plan, old: Mapping[str, str], new: Mapping[str, str],
+                     reasons: Mapping[str, str] | None = None) -> None:
         for sid, state in new.items():
-            if old.get(sid) == state or state not in ("succeeded", "failed"):
+            if old.get(sid) == state or state not in ("succeeded", "failed", "skipped"):
                 continue
             run = plan.stages[sid].labels.run
-            if state == "succeeded":
+            if state == "skipped":
+                self.event(obj, "Normal", "StageSkipped", f"stage {sid} ({run}) skipped: {(reasons or {}).get(sid)}")
+            elif state == "succeeded":
                 self.event(obj, "Normal", "StageSucceeded", f"stage {sid} ({run}) succeeded")
             else:
                 self.event(obj, "Warning", "StageFailed", f"stage {sid} ({run}) failed; see `sftrl logs "

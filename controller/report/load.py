@@ -197,7 +197,16 @@ def load_experiment(root: str, name: str) -> ExperimentData:
                     done = state[sid] == "done"
                     curves.append(Curve(info.run, sid, done, load_metrics(root, sid, issues, complete=done)))
             progress[info.run].append(StageState(sid, (stages.get(sid) or {}).get("kind", "?"), state[sid]))
-    return ExperimentData(str(plan.get("experiment", name)), root, benchmarks, runs, progress, curves, issues)
+    from controller.report import pipeline
+
+    done = {sid: state[sid] == "done" if sid in state else sto.is_complete(stage_uri(root, sid)) for sid in stages}
+    pipe = pipeline.load(root, plan, done)
+    for rd in runs:
+        rd.skipped = pipe.skipped.get(rd.info.eval)
+    for st_list in progress.values():
+        for st in st_list:
+            st.state = "skipped" if st.id in pipe.skipped else st.state
+    return ExperimentData(str(plan.get("experiment", name)), root, benchmarks, runs, progress, curves, issues, pipe)
 
 
 # --- the pure part ----------------------------------------------------------------------------
@@ -219,6 +228,7 @@ def compute_report(data: ExperimentData, cfg: ReportConfig = ReportConfig(), gen
         stages=data.stages,
         runs=data.runs,
         issues=data.issues,
+        pipeline=data.pipeline,
     )
 
 
@@ -280,7 +290,10 @@ def summary_text(root_uri: str, experiment_name: str, out_dir: str | None = None
     sig = [p for p in ran if p.p < rep.cfg.alpha]  # type: ignore[operator]
     line = (f"SFT vs RL: {len(sig)} of {len(ran)} paired tests significant at p < {rep.cfg.alpha} "
             f"(details: {sto.join(res.out, 'report.html')})")
-    return "\n\n".join([text_table(rep.main, rep.mm_cols, width), *_versus_base(rep), *_signal_lines(rep), line])
+    from controller.report.pipeline import signal_lines
+
+    return "\n\n".join([text_table(rep.main, rep.mm_cols, width), *_versus_base(rep), *_signal_lines(rep),
+                        *signal_lines(rep.pipeline), line])
 
 
 def _versus_base(rep: Report) -> list[str]:

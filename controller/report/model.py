@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.report.pipeline import Pipeline
 from controller.report.stats import PairResult, ReportConfig, RunData, Table
 
 
@@ -38,6 +39,7 @@ class ExperimentData:
     stages: dict[str, list[StageState]]  # run -> its stages in order (train..., eval)
     curves: list[Curve]
     issues: list[str] = field(default_factory=list)
+    pipeline: Pipeline = field(default_factory=Pipeline)  # distillation, decontamination, probes
 
 
 @dataclass
@@ -54,6 +56,7 @@ class Report:
     stages: dict[str, list[StageState]]
     runs: list[RunData]
     issues: list[str]
+    pipeline: Pipeline = field(default_factory=Pipeline)
 
     @property
     def n_complete(self) -> int:

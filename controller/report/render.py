@@ -17,8 +17,9 @@ import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
+from controller.report import pipeline
 from controller.report.model import Curve, Report
-from controller.report.stats import MM_AVG, MM_POOLED, NA, OK, PENDING, Row, Table, Value, deceptive_windows, rl_summary, signal_series
+from controller.report.stats import MM_AVG, MM_POOLED, NA, OK, PENDING, SKIPPED, Row, Table, Value, deceptive_windows, rl_summary, signal_series
 
 Block = tuple  # ("h", level, text) | ("p", text) | ("ul", [text]) | ("table", header, rows) | ("img", file, caption)
 Cell = Any  # str, or (str, bold)
@@ -75,7 +76,7 @@ def _row_head(r: Row) -> list[str]:
 def text_table(table: Table, mm_cols: Sequence[str] = (), width: int | None = None) -> str:
     """The table as aligned plain text, as detailed as ``width`` allows; best marked ``*``."""
     width = width or shutil.get_terminal_size((100, 24)).columns
-    legend = "* best in column (per model); [..] 95% bootstrap interval over items; ±std over seeds; pending: not evaluated yet"
+    legend = "* best in column (per model); [..] 95% bootstrap interval over items; ±std over seeds; pending: not evaluated yet; skipped: not run on purpose (reasons in the report)"
     if not table.blocks:
         return "(no runs in the plan)"
     out: list[str] = []
@@ -104,11 +105,13 @@ def _table_block(table: Table, model: str) -> Block:
 def blocks(rep: Report, images: dict[str, str]) -> list[Block]:
     """The document: every section of the report, in order."""
     n_runs, done = len(rep.runs), rep.n_complete
+    skipped = sum(1 for r in rep.runs if r.skipped and not r.complete)  # settled: not run on purpose
     out: list[Block] = [
         ("h", 1, f"Study report: {rep.experiment}"),
-        ("p", f"Storage {rep.root}; generated {rep.generated}. {done} of {n_runs} runs evaluated."),
+        ("p", f"Storage {rep.root}; generated {rep.generated}. {done} of {n_runs} runs evaluated"
+              + (f", {skipped} skipped (see RL readiness)." if skipped else ".")),
     ]
-    if done < n_runs:
+    if done + skipped < n_runs:
         out.append(("p", "This experiment is not finished: cells marked 'pending' have no completed evaluation yet (never counted as zero). Re-run `sftrl report` later."))
     out += [("h", 2, "Main results"), ("p", "Accuracy (%) per benchmark; 'MM avg' is the mean over the multimodal math benchmarks. One seed: score [95% bootstrap interval over items]. Several seeds: mean ± std (min–max). Bold: best in the column for that model.")]
     for model in rep.main.blocks:
@@ -122,6 +125,7 @@ def blocks(rep: Report, images: dict[str, str]) -> list[Block]:
     out += [("h", 2, "Data efficiency")]
     out += [("img", f, images[f]) for f in eff] or [("p", "No trained runs with a data scale have finished yet.")]
     out += _rl_blocks(rep, images)
+    out += pipeline.blocks(rep.pipeline)  # probes (predicted vs measured signal), distillation, decontamination
     out += [("h", 2, "Progress"), ("p", "Stage states from storage: done (has _SUCCESS), started (files but no _SUCCESS: running, or failed), waiting (nothing yet)."),
             ("table", ["run", "stages in order: kind id: state"], [[run, ", ".join(f"{s.kind} {s.id}: {s.state}" for s in st)] for run, st in rep.stages.items()])]
     out += [("h", 2, "Method"), ("ul", [
@@ -227,7 +231,7 @@ def html_page(doc: Sequence[Block], images: dict[str, bytes], title: str) -> str
                 tds = []
                 for c in r:
                     text, bold = c if isinstance(c, tuple) else (c, False)
-                    cls = " class='best'" if bold else " class='pending'" if text in (PENDING, NA) else ""
+                    cls = " class='best'" if bold else " class='pending'" if text in (PENDING, NA, SKIPPED) else ""
                     tds.append(f"<td{cls}>{'<b>' + e(text) + '</b>' if bold else e(text)}</td>")
                 body.append("<tr>" + "".join(tds) + "</tr>")
             parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
@@ -268,7 +272,8 @@ def csv_files(rep: Report) -> dict[str, list[list[Any]]]:
     for c in rep.curves:
         s = rl_summary(c.rows)
         rl.append([c.run, c.stage, int(c.complete), s["steps"], s["reward_first"], s["reward_last"], s["heldout_best"], s["heldout_last"], s["signal_mean"], s["deceptive_share"], ";".join(f"{a:g}-{b:g}" for a, b in _windows(c.rows))])
-    return {"main.csv": main, "transfer.csv": transfer, "pairs.csv": pairs, "efficiency.csv": eff, "runs.csv": runs, "rl.csv": rl}
+    return {"main.csv": main, "transfer.csv": transfer, "pairs.csv": pairs, "efficiency.csv": eff, "runs.csv": runs, "rl.csv": rl,
+            **pipeline.csv_files(rep.pipeline)}
 
 
 def _efficiency_column(rep: Report) -> str | None:

@@ -40,6 +40,7 @@ MM_AVG = "mm_avg"  # column: mean over the multimodal benchmarks
 MM_POOLED = "mm_pooled"  # pairs: McNemar over the pooled items of every multimodal benchmark
 
 OK, PENDING, NA = "ok", "pending", "n/a"
+SKIPPED = "skipped"  # not run on purpose (e.g. rl.min_signal ruled out a starved RL stage): never a zero
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class RunData:
     info: RunInfo
     complete: bool  # the eval stage has _SUCCESS
     results: dict[str, BenchResult] = field(default_factory=dict)
+    skipped: str | None = None  # why the run's stages will not run (controller.reconcile.apply_gates)
 
 
 @dataclass
@@ -301,6 +303,8 @@ def signal_series(rows: Sequence[dict]) -> tuple[list[float], list[float]]:
 
 def run_value(rd: RunData, column: str, mm_cols: Sequence[str], cfg: ReportConfig) -> Value:
     """One run's cell: the headline score and its bootstrap interval over items."""
+    if rd.skipped and not rd.complete:
+        return Value(SKIPPED, note=rd.skipped)
     if not rd.complete:
         return Value(PENDING)
     if column == MM_AVG:
@@ -331,7 +335,7 @@ def cell_value(runs: Sequence[RunData], column: str, mm_cols: Sequence[str], cfg
     per_run = [run_value(rd, column, mm_cols, cfg) for rd in runs]
     ok = [v for v in per_run if v.status == OK]
     if not ok:
-        status = PENDING if any(v.status == PENDING for v in per_run) else NA
+        status = next((st for st in (PENDING, SKIPPED) if any(v.status == st for v in per_run)), NA)
         return Value(status, n_expected=len(runs), note=per_run[0].note if per_run else "")
     if len(ok) == 1:
         v = ok[0]
@@ -405,6 +409,9 @@ def compare_pair(ra: RunData, rb: RunData, bench: str, mm_cols: Sequence[str], c
     i = ra.info
     pr = PairResult(i.model, i.data, i.scale, i.seed, i.method, rb.info.method, bench)
     if not (ra.complete and rb.complete):
+        why = next((r.skipped for r in (ra, rb) if r.skipped and not r.complete), None)
+        if why:
+            pr.status, pr.verdict = SKIPPED, f"skipped ({why})"
         return pr
     ia, ib = _pair_items(ra, rb, bench, mm_cols)
     common = sorted(set(ia) & set(ib), key=str)
