@@ -44,10 +44,13 @@ def test_topological_order_and_parent_model_uris():
     plan = _paper()
     seen = set()
     for sid, st in plan.stages.items():
-        assert all(p in seen for p in st.parents)
+        assert all(p in seen for p in plan.dag()[sid])
         seen.add(sid)
         for p in st.parents:
-            assert st.config.model == f"{plan.stages[p].config.output}/model"
+            if plan.stages[p].kind == "distill":  # a data parent: the SFT traces it built
+                assert st.config.data["train"] == f"{plan.stages[p].config.output}/data/sft.parquet"
+            else:
+                assert st.config.model == f"{plan.stages[p].config.output}/model"
 
 
 def test_ids_are_stable_and_ignore_labels_and_resources():
@@ -60,8 +63,9 @@ def test_ids_are_stable_and_ignore_labels_and_resources():
     raw["spec"]["sft"]["learning_rate"] = 2e-5
     c = build_plan(spec.validate_dict(raw))
     changed = set(c.stages) - set(a.stages)
-    # every SFT stage, everything downstream of one, changes; GRPO/DAPO from base and base evals do not
-    assert {c.stages[s].kind for s in changed} == {"sft", "rl", "eval"}
+    # every SFT stage, everything downstream of one (the probe before sft+grpo too), changes; GRPO/DAPO from
+    # base, their probes and base evals do not
+    assert {c.stages[s].kind for s in changed} == {"sft", "probe", "rl", "eval"}
     assert len(set(a.stages) & set(c.stages)) > 0
 
 
@@ -105,3 +109,90 @@ def test_cli_plan_with_unreachable_storage_still_shows_the_plan():
     assert r.returncode == 0 and "Traceback" not in r.stderr
     assert "cannot tell which stages are done" in r.stderr and "(status unknown)" in r.stdout
     assert "shared by 2 runs" in r.stdout
+
+
+# --- distill and probe stages -------------------------------------------------------------------------
+
+
+def _distill_spec(**over):
+    raw = yaml.safe_load((EXAMPLES / "paper.yaml").read_text())
+    raw["spec"].update(over)
+    return raw
+
+
+def test_one_distill_stage_serves_every_model_scale_and_method():
+    plan = _paper()
+    distills = [s for s in plan.stages.values() if s.kind == "distill"]
+    assert len(distills) == 1
+    d = distills[0]
+    sfts = [s for s in plan.stages.values() if s.kind == "sft" and s.labels.data == "self-distill"]
+    assert len(sfts) == 4 * 2  # models x scales
+    for s in sfts:  # every sft stage of the source reads the distill stage's parquet
+        assert s.parents == (d.id,) and s.config.data == {"train": f"{d.config.output}/data/sft.parquet"}
+    assert {r.distill for r in plan.runs if r.data == "self-distill" and r.method.startswith("sft")} == {d.id}
+    assert d.config.model == "Qwen/Qwen2.5-VL-7B-Instruct" and d.config.params["reward"] == {"accuracy": 0.9, "format": 0.1, "custom": {}}
+    assert d.config.deepspeed is None  # generation only
+
+
+def test_two_experiments_with_the_same_teacher_and_prompts_share_the_distill_stage():
+    a = build_plan(spec.validate_dict(_distill_spec()))
+    raw = _distill_spec(models=[{"name": "other", "path": "Qwen/Qwen2-VL-2B-Instruct"}], scales=[500], methods=["sft"])
+    raw["metadata"]["name"] = "another-study"
+    raw["spec"]["data"][0]["name"] = "renamed"  # labels, not content
+    b = build_plan(spec.validate_dict(raw))
+    da = [s.id for s in a.stages.values() if s.kind == "distill"]
+    db = [s.id for s in b.stages.values() if s.kind == "distill"]
+    assert da == db
+    raw["spec"]["data"][0]["distill"]["samples_per_prompt"] = 4  # another distillation
+    c = build_plan(spec.validate_dict(raw))
+    assert [s.id for s in c.stages.values() if s.kind == "distill"] != da
+
+
+def test_a_probe_guards_every_rl_stage_without_entering_its_id():
+    plan = _paper()
+    rls = [s for s in plan.stages.values() if s.kind == "rl"]
+    for s in rls:
+        (probe,) = s.after
+        p = plan.stages[probe]
+        assert p.kind == "probe" and p.parents == s.parents and p.config.model == s.config.model
+        assert p.config.data == {"train": s.config.data["train"]} and p.config.params["samples"] == 10
+        assert plan.gates[s.id].probe == probe and plan.gates[s.id].min_signal == 0.05
+        assert plan.dag()[s.id] == s.parents + (probe,)
+    # grpo and dapo from the same base on the same data share one probe; probes of 2000 and 20000 too
+    # (256 prompts, the first of one fixed order)
+    assert len({s.after for s in rls}) < len(rls)
+    from_base = {(s.labels.model, s.labels.data) for s in rls if not s.parents}
+    assert len({s.after for s in rls if not s.parents}) == len(from_base)
+    raw = yaml.safe_load((EXAMPLES / "paper.yaml").read_text())
+    raw["spec"]["rl"]["probe"] = {"prompts": 64}
+    raw["spec"]["rl"]["min_signal"] = None
+    other = build_plan(spec.validate_dict(raw))
+    assert {s.id for s in other.stages.values() if s.kind == "rl"} == {s.id for s in rls}  # RL ids unchanged
+    assert not other.gates
+    raw["spec"]["rl"]["probe"] = {"enabled": False}
+    off = build_plan(spec.validate_dict(raw))
+    assert not [s for s in off.stages.values() if s.kind == "probe"] and all(not s.after for s in off.stages.values())
+
+
+def test_decontamination_follows_the_benchmarks_and_enters_training_ids():
+    plan = _paper()
+    for s in plan.stages.values():
+        d = s.config.decontaminate
+        if s.kind in ("sft", "rl", "probe", "distill"):
+            assert d is not None and d.benchmarks == plan.benchmarks and d.ngram == 8
+        else:
+            assert d is None
+    raw = yaml.safe_load((EXAMPLES / "paper.yaml").read_text())
+    raw["spec"]["decontamination"] = {"enabled": False}
+    off = build_plan(spec.validate_dict(raw))
+    changed = {off.stages[s].kind for s in set(off.stages) - set(plan.stages)}
+    assert changed == {"sft", "rl", "probe", "distill", "eval"}  # evals downstream of training change too
+    assert all(s.config.decontaminate is None for s in off.stages.values())
+
+
+def test_plan_json_records_probes_gates_and_ordering():
+    j = _paper().to_json()
+    assert j["gates"] and all(set(g) == {"probe", "min_signal"} for g in j["gates"].values())
+    for sid in j["gates"]:
+        assert j["stages"][sid]["after"] == [j["gates"][sid]["probe"]]
+    assert all(r["probe"] in j["stages"] for r in j["runs"] if r["method"] not in ("base", "sft"))

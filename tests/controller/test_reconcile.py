@@ -108,3 +108,48 @@ def test_local_executor_asks_storage_once_per_finished_stage(tmp_path, monkeypat
         assert ex.observe(plan)[first.id].state is State.SUCCEEDED
     assert calls.count(first.config.output) == 1
     assert calls.count(next(reversed(plan.stages.values())).config.output) == 3  # unfinished: asked each time
+
+
+# --- gates: rl.min_signal skips a starved stage and everything downstream of it ---------------------
+
+from controller.reconcile import Gate, apply_gates, starved  # noqa: E402
+
+# probe -> rl -> eval; base eval independent
+GDAG = {"base": (), "probe": (), "rl": ("probe",), "eval": ("rl",)}
+K = State.SKIPPED
+
+
+@pytest.mark.parametrize(
+    "states, signals, skipped",
+    [
+        (dict(probe=R), {}, set()),  # probe not done: nothing known, nothing skipped
+        (dict(probe=S), {"probe": 0.02}, {"rl", "eval"}),  # starved: rl and its eval
+        (dict(probe=S), {"probe": 0.10}, set()),  # at the threshold: runs
+        (dict(probe=S), {"probe": 0.50}, set()),
+        (dict(probe=S, rl=S), {"probe": 0.02}, set()),  # already ran (another experiment): kept
+        (dict(probe=S, rl=R), {"probe": 0.02}, set()),  # running: never hidden
+        (dict(probe=S, rl=F), {"probe": 0.02}, {"rl", "eval"}),  # a failed attempt: no retry needed
+    ],
+)
+def test_apply_gates_matrix(states, signals, skipped):
+    out = apply_gates(GDAG, obs(**states), {"rl": Gate("probe", 0.1)}, signals)
+    assert {s for s, o in out.items() if o.state is K} == skipped
+    for s in skipped:
+        assert out[s].reason == "starved: 0.02 of prompts had mixed outcomes (rl.min_signal 0.1)"
+    assert not {a.stage for a in reconcile(GDAG, out, 0.0)} & skipped  # a skipped stage never launches
+
+
+def test_skipped_stages_are_settled_not_failed():
+    out = apply_gates(GDAG, obs(base=S, probe=S), {"rl": Gate("probe", 0.1)}, {"probe": 0.0})
+    assert reconcile(GDAG, out, 0.0) == []  # nothing left to launch
+    assert phase(GDAG, out) is Phase.SUCCEEDED
+    assert counts(GDAG, out) == {"pending": 0, "running": 0, "succeeded": 2, "failed": 0, "skipped": 2, "blocked": 0}
+    # without the gate (or with a good prediction) the RL stage is next
+    assert reconcile(GDAG, obs(base=S, probe=S), 0.0) == [Launch("rl", 1)]
+    fine = apply_gates(GDAG, obs(base=S, probe=S), {"rl": Gate("probe", 0.1)}, {"probe": 0.4})
+    assert reconcile(GDAG, fine, 0.0) == [Launch("rl", 1)] and phase(GDAG, fine) is Phase.RUNNING
+
+
+def test_starved_reason_names_the_signal_and_the_threshold():
+    assert starved(0.0, 0.1) == "starved: 0.00 of prompts had mixed outcomes (rl.min_signal 0.1)"
+    assert starved(0.1, 0.1) is None

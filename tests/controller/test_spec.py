@@ -90,3 +90,39 @@ def test_unknown_benchmark_is_refused_with_a_suggestion():
     with pytest.raises(spec.SpecError) as e:
         spec.validate_dict(raw)
     assert "spec.eval.benchmarks: unknown benchmark 'mathvsta'; did you mean 'mathvista'?" in e.value.problems[0]
+
+
+def test_a_data_source_gives_or_builds_its_sft_traces():
+    raw = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
+    distilled = raw["spec"]["data"][1]
+    assert "distill" in distilled and "sft" not in distilled
+    distilled["sft"] = "builtin://synthetic/sft"
+    with pytest.raises(spec.SpecError, match="data 'distilled' has both 'sft' and 'distill'.*Keep one of them"):
+        spec.validate_dict(raw)
+    del distilled["sft"], distilled["distill"]
+    with pytest.raises(spec.SpecError, match="Add data\\[\\].sft, or data\\[\\].distill to build one"):
+        spec.validate_dict(raw)
+
+
+def test_distill_section_errors_have_paths_and_suggestions():
+    raw = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
+    d = raw["spec"]["data"][1]["distill"]
+    d["samples_per_promt"] = d.pop("samples_per_prompt")
+    del d["teacher"]
+    raw["spec"]["rl"]["min_signal"] = 1.5
+    with pytest.raises(spec.SpecError) as e:
+        spec.validate_dict(raw)
+    problems = "\n".join(e.value.problems)
+    assert "spec.data[1].distill.samples_per_promt: unknown key 'samples_per_promt'; did you mean 'samples_per_prompt'?" in problems
+    assert "spec.data[1].distill.teacher: is required" in problems
+    assert "spec.rl.min_signal: must be <= 1" in problems
+
+
+def test_a_gpu_teacher_needs_gpus_for_its_distill_stage():
+    raw = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
+    raw["spec"]["data"][1]["distill"]["teacher"] = "Qwen/Qwen2.5-VL-7B-Instruct"
+    with pytest.raises(spec.SpecError, match="resources.default.gpus_per_node is 0, but the distill stages of "
+                                             "Qwen/Qwen2.5-VL-7B-Instruct need a GPU"):
+        spec.validate_dict(raw)
+    raw["spec"]["resources"]["distill"] = {"gpus_per_node": 1, "nodes": 1, "deepspeed": "none"}
+    spec.validate_dict(raw)  # the other stages of the builtin model stay on CPU

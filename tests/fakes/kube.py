@@ -15,7 +15,7 @@ EXPERIMENT_CRD = ROOT / "manifests" / "crds" / "sftrl.io_experiments.yaml"
 
 
 def tiny_spec(storage: str, methods: list[str] | None = None, **extra: Any) -> dict[str, Any]:
-    """A small CPU experiment spec (builtin model): sft, grpo and sft+grpo give 7 stages."""
+    """A small CPU experiment spec (builtin model): sft, grpo and sft+grpo give 9 stages (2 of them probes)."""
     spec: dict[str, Any] = {
         "storage": storage,
         "models": [{"name": "tiny", "path": "builtin://tiny-qwen2-vl"}],

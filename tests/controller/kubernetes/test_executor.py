@@ -111,7 +111,7 @@ def test_observe_is_one_list_call_whatever_the_number_of_stages(fake, tmp_path):
     ex.apply(plan, [Launch(s, 1) for s in list(plan.stages)[:3]])
     before = len(fake.calls())
     observed = ex.observe(plan)
-    assert len(fake.calls()) - before == 1 and len(observed) == len(plan.stages) == 7
+    assert len(fake.calls()) - before == 1 and len(observed) == len(plan.stages) == 9
     assert sum(o.state is State.RUNNING for o in observed.values()) == 3
 
 

@@ -70,7 +70,7 @@ def test_operator_runs_an_experiment_and_writes_a_schema_valid_status(fake, tmp_
     plan = _plan(spec)
     st = _status(fake)
     assert st["phase"] == "Succeeded" and st["observedGeneration"] == 1
-    assert st["counts"] == {"total": 7, "pending": 0, "running": 0, "succeeded": 7, "failed": 0}
+    assert st["counts"] == {"total": 9, "pending": 0, "running": 0, "succeeded": 9, "failed": 0, "skipped": 0}
     assert st["stages"] == {sid: "succeeded" for sid in plan.stages}
     assert {c["type"]: c["status"] for c in st["conditions"]} == {"Valid": "True", "Complete": "True", "Degraded": "False"}
     obj = fake.get(EXPERIMENTS, "default", "demo")
@@ -79,8 +79,8 @@ def test_operator_runs_an_experiment_and_writes_a_schema_valid_status(fake, tmp_
         jsonschema.validate({**obj, "status": s}, experiment_schema())
     assert set(fake.creates) == {render.job_name(s) for s in plan.stages} and set(fake.creates.values()) == {1}
     reasons = [e["reason"] for e in fake.objects(EVENTS)]
-    assert reasons.count("StageLaunched") == 7 and reasons.count("StageSucceeded") == 7
-    assert metrics.registry.get_sample_value("sftrl_operator_stages", {"experiment": "demo", "state": "succeeded"}) == 7
+    assert reasons.count("StageLaunched") == 9 and reasons.count("StageSucceeded") == 9
+    assert metrics.registry.get_sample_value("sftrl_operator_stages", {"experiment": "demo", "state": "succeeded"}) == 9
     _rbac_ok(fake)
 
 
@@ -360,3 +360,35 @@ def test_docstring_examples():
     for mod in (render, k8s, operator):
         result = doctest.testmod(mod)
         assert result.failed == 0 and result.attempted > 0, mod.__name__
+
+
+def test_min_signal_skips_a_starved_rl_stage_and_status_says_why(fake, tmp_path, capsys, monkeypatch):
+    """rl.min_signal on a cluster: the probe (already in storage: level-triggered) predicts 0.02, so the
+    RL stage and its eval are skipped, not failed, with the reason on the status, in an event and in
+    `sftrl status`; the experiment succeeds."""
+    import jsonschema
+
+    spec = tiny_spec(f"file://{tmp_path}/store", methods=["grpo"], rl={"min_signal": 0.1})
+    plan = _plan(spec)
+    probe = next(s for s in plan.stages.values() if s.kind == "probe")
+    rl = next(s for s in plan.stages.values() if s.kind == "rl")
+    done = tmp_path / "probe-out"
+    done.mkdir()
+    (done / "results.json").write_text('{"kind": "probe", "mixed_share": 0.02, "prompts": 50, "samples": 10}')
+    storage.publish(done, probe.config.output, kind="probe")
+    submit(fake, "demo", spec)
+    _drive(Operator(connect(fake, tmp_path), "default", defaults=ClusterDefaults()), fake)
+    st = _status(fake)
+    evals = [s.id for s in plan.stages.values() if s.kind == "eval" and s.parents == (rl.id,)]
+    assert st["phase"] == "Succeeded"
+    assert st["stages"][rl.id] == "skipped" and st["stages"][evals[0]] == "skipped"
+    assert st["skipped"][rl.id] == "starved: 0.02 of prompts had mixed outcomes (rl.min_signal 0.1)"
+    assert st["counts"]["skipped"] == 2 and st["counts"]["failed"] == 0
+    assert render.job_name(probe.id) not in fake.creates and render.job_name(rl.id) not in fake.creates
+    assert any(e["reason"] == "StageSkipped" and "starved: 0.02" in e["message"] for e in fake.objects(EVENTS))
+    jsonschema.validate(fake.get(EXPERIMENTS, "default", "demo"), experiment_schema())
+
+    monkeypatch.setenv("KUBECONFIG", str(fake.write_kubeconfig(tmp_path / "kc")))
+    assert _cli("status", "demo") == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(rl.id))
+    assert "skipped" in line and "starved: 0.02 of prompts had mixed outcomes" in line

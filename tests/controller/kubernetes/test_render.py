@@ -104,6 +104,30 @@ def test_every_job_validates_against_crd_schema_and_webhook_rules(name, crd):
         assert shapes == {(True, False), (False, False)}
 
 
+def test_paper_distill_and_probe_stages_are_one_job_each_with_their_own_resources(crd):
+    """examples/paper.yaml builds its self-distilled source: one PyTorchJob per distill and probe stage,
+    valid against the real PyTorchJob CRD, with the GPUs of resources.distill / resources.probe."""
+    import jsonschema
+
+    exp = _paper()
+    plan = build_plan(exp)
+    jobs = {cfg.id: (job, cfg) for job, cfg in render.render_plan(plan, exp)}
+    for kind in ("distill", "probe"):
+        stages = [s for s in plan.stages.values() if s.kind == kind]
+        assert stages, kind
+        res = getattr(exp.spec.resources, kind)
+        for st in stages:
+            job, cfg = jobs[st.id]
+            assert list(jsonschema.Draft7Validator(crd).iter_errors(job)) == [] and render.webhook_errors(job) == []
+            master = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+            assert master["command"][:4] == ["torchrun", "-m", "job_runtime", kind]
+            assert master["resources"]["limits"]["nvidia.com/gpu"] == str(res.gpus_per_node)
+            assert "Worker" not in job["spec"]["pytorchReplicaSpecs"] and job["spec"]["nprocPerNode"] == "1"
+            assert cfg.deepspeed is None and job["metadata"]["labels"][render.L_KIND] == kind
+    assert len([s for s in plan.stages.values() if s.kind == "distill"]) == 1
+    assert len([s for s in plan.stages.values() if s.kind == "probe"]) == len({s.after for s in plan.stages.values() if s.kind == "rl"})
+
+
 def test_round_trip_through_kubeflow_training_models_is_lossless():
     from controller.kubernetes.executor import sanitize, to_model
     from kubeflow.training.models import KubeflowOrgV1PyTorchJob
