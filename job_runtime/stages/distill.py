@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any
 
 from pydantic import ValidationError
@@ -153,6 +154,9 @@ def run(cfg: StageConfig) -> None:
     from job_runtime.metrics import StageMetrics
     from job_runtime.train.rewards import RewardConfigError
 
+    if not sampling.rank_zero():
+        log.info("distill %s: rank %s has nothing to do (the stage runs on rank 0)", cfg.id, os.environ["RANK"])
+        return
     params, prompts, contamination = setup(cfg)
     if storage.is_complete(cfg.output):
         log.info("distill %s: already complete; nothing to do", cfg.id)

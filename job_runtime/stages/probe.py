@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import statistics
 from typing import Any
 
@@ -105,6 +106,9 @@ def run(cfg: StageConfig) -> None:
     from job_runtime.metrics import StageMetrics
     from job_runtime.train.rewards import RewardConfigError
 
+    if not sampling.rank_zero():
+        log.info("probe %s: rank %s has nothing to do (the stage runs on rank 0)", cfg.id, os.environ["RANK"])
+        return
     params, prompts, contamination = setup(cfg)
     if storage.is_complete(cfg.output):
         log.info("probe %s: already complete; nothing to do", cfg.id)

@@ -35,6 +35,14 @@ log = logging.getLogger(__name__)
 CHUNK_PROMPTS = 256  # prompts per generation call: bounds the images held in memory at once
 
 
+def rank_zero() -> bool:
+    """Whether this process does the work: distill and probe run whole on rank 0 (other ranks, when a
+    launcher starts several, have nothing to do; give these stages one GPU, vLLM uses it all)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @contextlib.contextmanager
 def workdir(output: str, kind: str) -> Iterator[Path]:
     """Where a stage writes its files: the output folder itself for file://, else a temp folder."""

@@ -33,7 +33,8 @@ def mini_experiment(tmp_path: Path) -> Path:
     s["scales"] = [64]
     s["sft"].update(epochs=1)
     s["rl"].update(epochs=1, global_batch_size=4, mini_batch_size=4, per_device_batch_size=16, heldout_every_steps=2,
-                   heldout_size=16)
+                   heldout_size=16, probe={"prompts": 16}, min_signal=None)  # every stage runs (skips: test_data_pipeline.py)
+    s["data"] = s["data"][:1]  # the given source (distillation: tests/e2e/test_data_pipeline.py)
     s["eval"].update(limit=32)
     s["data"][0]["heldout"] = "builtin://synthetic/test?n=16&seed=1"
     s["execution"]["max_parallel"] = 1

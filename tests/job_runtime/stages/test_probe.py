@@ -122,3 +122,12 @@ def test_bad_config_fails_before_generation(tmp_path):
         probe.run(cfg.model_copy(update={"data": {}}))
     with pytest.raises(StageError, match="exceeds"):
         probe.run(cfg.model_copy(update={"scale": 50, "data": {"train": "builtin://synthetic/rl?n=10"}}))
+
+
+def test_only_rank_zero_works_when_a_launcher_starts_several(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    probe.run(probe_stage(tmp_path / "p", "builtin://synthetic-solver", 4, 2))
+    assert not (tmp_path / "p").exists()
+    monkeypatch.setenv("RANK", "0")
+    probe.run(probe_stage(tmp_path / "p", "builtin://synthetic-solver", 4, 2))
+    assert (tmp_path / "p" / "_SUCCESS").exists()
