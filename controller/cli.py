@@ -80,12 +80,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
         train = [*r.train[:-1], r.probe, r.train[-1]] if r.probe else list(r.train)  # the probe guards RL
         chain = " -> ".join([*([r.distill] if r.distill else []), *train, r.eval])
         _say(f"  {r.name:<44} {chain}")
+    skipped: dict[str, str] = {}
+    if done and plan.gates:  # rl.min_signal: stages whose finished probe predicts too little signal
+        from controller import gates
+
+        observed = {sid: Observed(State.SUCCEEDED if d else State.PENDING) for sid, d in done.items()}
+        skipped = gates.skipped(gates.observe(plan, observed, {}))
     n_done = sum(done.values())
-    known = f"{n_done} done, {len(plan.stages) - n_done} to run" if done else "status unknown"
+    known = (f"{n_done} done, {len(plan.stages) - n_done - len(skipped)} to run"
+             + (f", {len(skipped)} skipped: {next(iter(skipped.values()))}" if skipped else "")) if done else "status unknown"
     _say(f"\n{len(plan.stages)} stages ({known})")
     _say(f"  {'stage':<20} {'status':<8} {'parents':<20} used by")
     for sid, st in plan.stages.items():
-        status = ("done" if done[sid] else "-") if done else "?"
+        status = ("done" if done[sid] else "skipped" if sid in skipped else "-") if done else "?"
         shared = users.get(sid, [])
         note = ", ".join(shared) + (f"  (shared by {len(shared)} runs)" if len(shared) > 1 else "")
         _say(f"  {sid:<20} {status:<8} {','.join(st.parents + st.after) or '-':<20} {note}")

@@ -212,7 +212,7 @@ def _validate_names(exp: Experiment) -> None:
         _check(s, DNS1123_SUBDOMAIN, f"spec.kubernetes.image_pull_secrets[{i}]", 253)
     for k, v in k8s.node_selector.items():
         _check(v, LABEL_VALUE, f"spec.kubernetes.node_selector.{k}")
-    for kind in ("default", "sft", "rl", "eval"):
+    for kind in ("default", "sft", "rl", "eval", "distill", "probe"):
         res = getattr(exp.spec.resources, kind)
         for k, v in (getattr(res, "node_selector", None) or {}).items():
             _check(v, LABEL_VALUE, f"spec.resources.{kind}.node_selector.{k}")

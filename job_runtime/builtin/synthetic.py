@@ -183,12 +183,13 @@ def verify_trace(trace: str, answer: str) -> bool:
 
 SOLVER_URI = "builtin://synthetic-solver"
 # Trace styles a sampling solver cycles through (sample j uses style j mod 4). Style 2 boxes the
-# right answer without a <think> block, so it fails the study's format reward.
+# right answer without a <think> block, so it fails the study's format reward; sample order is not
+# length order (style 1 is the longest), so "shortest first" is observable.
 SOLVER_STYLES = (
     "<think>{c} filled. {c} + {a} = {t}</think> \\boxed{{{t}}}",
-    "<think>{c} filled, so {c} + {a} = {t}</think> \\boxed{{{t}}}",
-    "{c} + {a} = {t}, so the answer is \\boxed{{{t}}}.",
     "<think>The grid has {c} filled squares out of 4. Adding {a} gives {c} + {a} = {t}.</think> The answer is \\boxed{{{t}}}.",
+    "{c} + {a} = {t}, so the answer is \\boxed{{{t}}}.",
+    "<think>{c} filled, so {c} + {a} = {t}</think> \\boxed{{{t}}}",
 )
 
 

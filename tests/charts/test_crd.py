@@ -162,7 +162,7 @@ def test_spec_fields_match_the_experiment_models():
         (SPEC["properties"]["execution"], spec.ExecutionSpec),
     ]
     resources_model = spec.ResourcesSpec.model_fields["default"].annotation
-    for kind in ("default", "sft", "rl", "eval"):
+    for kind in ("default", "sft", "rl", "eval", "distill", "probe"):
         pairs.append((SPEC["properties"]["resources"]["properties"][kind], resources_model))
     for node, model in pairs:
         declared, fields = set(node["properties"]), set(model.model_fields)

@@ -156,6 +156,11 @@ def test_a_probe_guards_every_rl_stage_without_entering_its_id():
         p = plan.stages[probe]
         assert p.kind == "probe" and p.parents == s.parents and p.config.model == s.config.model
         assert p.config.data == {"train": s.config.data["train"]} and p.config.params["samples"] == 10
+        rl = s.config.params  # the probe samples and scores as the RL stage will
+        assert {k: p.config.params[k] for k in ("temperature", "top_p", "max_new_tokens", "reward")} == {
+            "temperature": rl["temperature"], "top_p": rl["top_p"], "max_new_tokens": rl["max_completion_length"],
+            "reward": rl["reward"]}
+        assert p.config.scale == min(256, s.config.scale) and p.config.seed == s.config.seed
         assert plan.gates[s.id].probe == probe and plan.gates[s.id].min_signal == 0.05
         assert plan.dag()[s.id] == s.parents + (probe,)
     # grpo and dapo from the same base on the same data share one probe; probes of 2000 and 20000 too

@@ -69,6 +69,11 @@ def test_min_signal_skips_grpo_from_the_base_and_says_why(tmp_path):
     probes = list(csv.DictReader(open(tmp_path / "report" / "probes.csv")))
     assert [(p["state"], p["predicted_signal"], p["reason"]) for p in probes] == [("skipped", "0.0", reason)]
 
+    plan = sftrl("plan", str(exp))
+    assert "2 done, 0 to run, 2 skipped: " + reason in plan.stdout
+    assert [ln.split()[1] for ln in plan.stdout.splitlines() if ln.strip().startswith(("rl-", "eval-"))] == \
+        ["done", "skipped", "skipped"]  # the base eval, then the starved RL stage and its eval
+
     again = sftrl("run", str(exp))  # nothing to run; the same skip, the same success
     assert again.returncode == 0 and "start  " not in again.stdout and "(2 already done)" in again.stdout
 

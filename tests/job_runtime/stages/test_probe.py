@@ -41,14 +41,19 @@ def labels(sid: str, method: str = "probe") -> Labels:
     return Labels(experiment="t", run="r", stage=sid, model="tiny", method=method)
 
 
-def probe_stage(out: Path, model: str, n: int, samples: int, train: str = "builtin://synthetic/rl", **kw) -> StageConfig:
-    p = ProbeRun(prompts=n, samples=samples, temperature=1.0, max_new_tokens=8, **kw)
+def probe_stage(out: Path, model: str, n: int, samples: int, train: str = "builtin://synthetic/rl",
+                temperature: float = 1.0, **kw) -> StageConfig:
+    p = ProbeRun(prompts=n, samples=samples, temperature=temperature, max_new_tokens=8, **kw)
     return StageConfig(kind="probe", id="probe-test", output=str(out), model=model, data={"train": train}, scale=n,
                        seed=0, params=p.model_dump(mode="json"), labels=labels("probe-test"))
 
 
 def results(out: Path) -> dict:
     return json.loads((out / "results.json").read_text())
+
+
+def first_step(out: Path) -> dict:
+    return next(r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r.get("step") == 1 and "reward" in r)
 
 
 def share_at_most_two(n: int) -> float:
@@ -86,10 +91,17 @@ def test_probe_predicts_the_rl_stages_first_step_signal(tmp_path):
                       labels=labels("rl-test", "grpo"))
     rl.run(cfg)
     measured = results(tmp_path / "rl")["first_step_signal_availability"]
+    print(f"probe: mixed {predicted:.3f}, reward {results(tmp_path / 'probe')['reward_mean']:.4f}; rl step 1: "
+          f"signal {measured:.3f}, reward {first_step(tmp_path / 'rl')['reward']:.4f}")
     # two independent estimates of one probability over n groups: a two-sided 3.5-sigma band
     p = (predicted + measured) / 2
     assert 0.2 < p < 0.8, "the reward must give mixed groups for this test to mean anything"
     assert abs(predicted - measured) <= 3.5 * math.sqrt(2 * p * (1 - p) / n), (predicted, measured)
+    # and the rollouts come from the same distribution: the mean reward over n x k rollouts agrees too
+    # (it is the digit share here: accuracy and format are 0 for the untrained model)
+    q_probe, q_rl = results(tmp_path / "probe")["reward_mean"], first_step(tmp_path / "rl")["reward"]
+    q = (q_probe + q_rl) / 2
+    assert abs(q_probe - q_rl) <= 3.5 * math.sqrt(2 * q * (1 - q) / (n * k)), (q_probe, q_rl)
 
 
 def test_decontaminated_prompts_are_not_probed_and_are_counted(tmp_path):
@@ -131,3 +143,33 @@ def test_only_rank_zero_works_when_a_launcher_starts_several(tmp_path, monkeypat
     monkeypatch.setenv("RANK", "0")
     probe.run(probe_stage(tmp_path / "p", "builtin://synthetic-solver", 4, 2))
     assert (tmp_path / "p" / "_SUCCESS").exists()
+
+
+def test_rollouts_sample_as_the_rl_stage_does(tmp_path, monkeypatch):
+    """The RL stage's sampling reaches generate: its temperature, its top_p and no top-k cut (TRL's GRPO
+    and vLLM sample without one; transformers' default would keep the 50 likeliest tokens). A near-zero
+    temperature makes every group's rollouts identical, so nothing is mixed."""
+    from job_runtime.eval import generation
+
+    seen: list[dict] = []
+    real = generation.HFBackend._batch
+
+    def spy(self, reqs):
+        gen = self.model.generate
+
+        def record(**kw):
+            seen.append({k: kw.get(k) for k in ("do_sample", "temperature", "top_p", "top_k", "max_new_tokens")})
+            return gen(**kw)
+
+        self.model.generate = record
+        try:
+            return real(self, reqs)
+        finally:
+            self.model.generate = gen
+
+    monkeypatch.setattr(generation.HFBackend, "_batch", spy)
+    probe.run(probe_stage(tmp_path / "cold", "builtin://tiny-qwen2-vl", 16, 4, temperature=1e-4, reward=REWARD))
+    assert results(tmp_path / "cold")["mixed_share"] == 0.0
+    probe.run(probe_stage(tmp_path / "warm", "builtin://tiny-qwen2-vl", 16, 4, reward=REWARD, top_p=0.9))
+    assert seen[-1] == {"do_sample": True, "temperature": 1.0, "top_p": 0.9, "top_k": 0, "max_new_tokens": 8}
+    assert results(tmp_path / "warm")["mixed_share"] > 0.0
