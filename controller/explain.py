@@ -108,7 +108,7 @@ def explain(exp: Experiment, plan: Plan, stage: str | None = None) -> str:
     groups: dict[tuple[str, ...], list[Stage]] = {}
     evals: list[str] = []
     for st in stages:
-        if st.kind == "eval":
+        if st.kind in ("eval", "distill", "probe"):  # generation only: nothing trains
             evals.append(st.id)
             continue
         groups.setdefault((st.kind, *explain_stage(exp, st)), []).append(st)
@@ -120,5 +120,5 @@ def explain(exp: Experiment, plan: Plan, stage: str | None = None) -> str:
         lines.append(f"  runs: {'; '.join(_describe(m) for m in members)}")
         lines += body
     if evals:
-        lines.append(f"\neval stages (no training): {', '.join(evals)}")
+        lines.append(f"\neval, distill and probe stages (no training): {', '.join(evals)}")
     return "\n".join(lines) + "\n"

@@ -157,12 +157,21 @@ class _Builder:
         return Decontamination(**d.model_dump(), benchmarks=list(self.spec.eval.benchmarks),
                                data=dict(self.spec.eval.data))
 
+    def rl_sampling(self) -> Any:
+        """The RL stages' resolved settings (contract.resolve_rl under the rl recipe): how they sample,
+        size images and grade accuracy, which the probes and the distill stages' verification follow.
+        One device: a layout the spec accepted for the RL resources divides on one device too."""
+        from job_runtime.contract import RLParams, resolve_rl
+
+        return resolve_rl(RLParams.model_validate(self.spec.rl.model_dump()), "grpo", world_size=1)
+
     def distill_stage(self, d: Any) -> str:
         """The stage that builds data source d's SFT traces: one per teacher, prompts and settings,
         shared by every model, scale, seed and method (and by data sources that distil alike)."""
         params = d.distill.model_dump(mode="json")
-        if params["reward"] is None:
-            params["reward"] = self.spec.rl.reward.model_dump(mode="json")
+        reward = d.distill.reward or self.spec.rl.reward
+        params["reward"] = {**reward.model_dump(mode="json"),
+                            "accuracy_rule": reward.accuracy_rule or self.rl_sampling()["accuracy_rule"]}
         contamination = self.decontamination()
         payload = {"model": d.distill.teacher, "data": {"prompts": d.distill.prompts}, "params": params,
                    "decontaminate": contamination.model_dump(mode="json") if contamination else None}
@@ -178,9 +187,10 @@ class _Builder:
         if not rl.probe.enabled:
             return None
         n = min(rl.probe.prompts, scale)
-        params = ProbeRun(prompts=n, samples=rl.probe.samples or rl.num_generations, temperature=rl.temperature,
-                          top_p=rl.top_p, max_new_tokens=rl.max_completion_length,
-                          max_prompt_length=rl.max_prompt_length, reward=rl.reward,
+        r = self.rl_sampling()
+        params = ProbeRun(prompts=n, samples=rl.probe.samples or rl.num_generations, temperature=r["temperature"],
+                          top_p=r["top_p"], max_new_tokens=r["max_completion_length"], min_pixels=r["min_pixels"],
+                          max_pixels=r["max_pixels"], reward={**rl.reward.model_dump(), "accuracy_rule": r["accuracy_rule"]},
                           batch_size=rl.probe.batch_size).model_dump(mode="json")
         data = {"train": d.rl}
         contamination = self.decontamination()

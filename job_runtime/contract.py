@@ -239,10 +239,6 @@ class RLParams(_Strict):
                     "(e.g. 0.1; default: off, every RL stage runs).",
     )
 
-
-# RLParams fields that steer the controller (the probe, the skip rule), not the RL stage's training.
-RL_CONTROLLER_FIELDS: tuple[str, ...] = ("probe", "min_signal")
-
     @model_validator(mode="after")
     def _layout(self) -> RLParams:
         if self.filter_low >= self.filter_high:
@@ -272,6 +268,9 @@ RL_CONTROLLER_FIELDS: tuple[str, ...] = ("probe", "min_signal")
                 data["generation"] = gen
         return data
 
+
+# RLParams fields that steer the controller (the probe, the skip rule), not the RL stage's training.
+RL_CONTROLLER_FIELDS: tuple[str, ...] = ("probe", "min_signal")
 
 # The registered benchmarks (job_runtime.eval.benchmarks.registry; a test keeps the two equal), here so
 # the controller can refuse a misspelt name at `sftrl validate` without importing the runtime.
@@ -353,8 +352,11 @@ class ProbeRun(_Strict):
     temperature: float = Field(gt=0, description="Sampling temperature (rl.temperature).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (rl.top_p).")
     max_new_tokens: int = Field(ge=1, description="Longest rollout (rl.max_completion_length).")
-    max_prompt_length: int = Field(4096, ge=8, description="Prompts longer than this are skipped, as in the RL stage.")
-    reward: RewardWeights = Field(default_factory=RewardWeights, description="The RL stage's reward (rl.reward).")
+    min_pixels: int | None = Field(None, ge=1, description="Images resized up to this many pixels, as the RL stage's.")
+    max_pixels: int | None = Field(None, ge=1, description="Images resized down to this many pixels, as the RL stage's.")
+    reward: RewardWeights = Field(
+        default_factory=RewardWeights, description="The RL stage's reward (rl.reward, its accuracy rule resolved)."
+    )
     batch_size: int = Field(64, ge=1, description="Prompts per generation batch (HF backend).")
 
 

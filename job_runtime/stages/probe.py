@@ -122,7 +122,7 @@ def run(cfg: StageConfig) -> None:
             backend = sampling.make_backend(cfg.model, gen, cfg.seed)
         except (GenerationError, ValueError) as e:
             raise StageError(str(e)) from None
-        responses = sampling.sample(backend, prompts, params.samples)
+        responses = sampling.sample(backend, prompts, params.samples, params.min_pixels, params.max_pixels)
         try:
             scored = sampling.score(prompts, responses, params.reward)
         except RewardConfigError as e:

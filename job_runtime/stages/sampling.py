@@ -159,17 +159,20 @@ def make_backend(model: str, params: EvalParams, seed: int = 0):
 # --- sampling and scoring -------------------------------------------------------------------------
 
 
-def sample(backend: Any, prompts: Sequence[Prompt], k: int) -> list[list[str]]:
-    """k responses per prompt: responses[i][j] is sample j of prompt i."""
+def sample(backend: Any, prompts: Sequence[Prompt], k: int, min_pixels: int | None = None,
+           max_pixels: int | None = None) -> list[list[str]]:
+    """k responses per prompt: responses[i][j] is sample j of prompt i. Images are resized into the
+    pixel bounds first (job_runtime.io.images.fit: the RL stage's rule), when bounds are given."""
     from PIL import Image
 
     from job_runtime.eval.generation import Request
+    from job_runtime.io.images import fit
 
     out: list[list[str]] = []
     t0 = time.time()
     for start in range(0, len(prompts), CHUNK_PROMPTS):
         chunk = prompts[start : start + CHUNK_PROMPTS]
-        images = [Image.open(io.BytesIO(p.image)).convert("RGB") for p in chunk]
+        images = [fit(Image.open(io.BytesIO(p.image)), min_pixels, max_pixels) for p in chunk]
         reqs = [Request(p.text, [im]) for p, im in zip(chunk, images) for _ in range(k)]
         flat = backend.generate(reqs)
         out += [flat[i * k : (i + 1) * k] for i in range(len(chunk))]
@@ -182,7 +185,7 @@ def score(prompts: Sequence[Prompt], responses: Sequence[Sequence[str]], weights
     """Every response scored by the study's reward functions, as GRPOTrainer calls them."""
     from job_runtime.train import rewards
 
-    funcs, ws = rewards.weighted(weights)
+    funcs, ws = rewards.weighted(weights, weights.accuracy_rule or "mathruler")
     names = [getattr(f, "__name__", f"reward_{i}") for i, f in enumerate(funcs)]
     out = []
     for p, resps in zip(prompts, responses):

@@ -130,7 +130,8 @@ def test_one_distill_stage_serves_every_model_scale_and_method():
     for s in sfts:  # every sft stage of the source reads the distill stage's parquet
         assert s.parents == (d.id,) and s.config.data == {"train": f"{d.config.output}/data/sft.parquet"}
     assert {r.distill for r in plan.runs if r.data == "self-distill" and r.method.startswith("sft")} == {d.id}
-    assert d.config.model == "Qwen/Qwen2.5-VL-7B-Instruct" and d.config.params["reward"] == {"accuracy": 0.9, "format": 0.1, "custom": {}}
+    assert d.config.model == "Qwen/Qwen2.5-VL-7B-Instruct" and d.config.params["reward"] == {"accuracy": 0.9, "format": 0.1, "custom": {},
+                                                                                   "accuracy_rule": "mathruler"}
     assert d.config.deepspeed is None  # generation only
 
 
@@ -157,9 +158,10 @@ def test_a_probe_guards_every_rl_stage_without_entering_its_id():
         assert p.kind == "probe" and p.parents == s.parents and p.config.model == s.config.model
         assert p.config.data == {"train": s.config.data["train"]} and p.config.params["samples"] == 10
         rl = s.config.params  # the probe samples and scores as the RL stage will
-        assert {k: p.config.params[k] for k in ("temperature", "top_p", "max_new_tokens", "reward")} == {
+        assert {k: p.config.params[k] for k in ("temperature", "top_p", "max_new_tokens", "reward", "min_pixels")} == {
             "temperature": rl["temperature"], "top_p": rl["top_p"], "max_new_tokens": rl["max_completion_length"],
-            "reward": rl["reward"]}
+            "reward": {**rl["reward"], "accuracy_rule": "mathruler"},  # the easyr1 recipe's grader, resolved
+            "min_pixels": 262144}  # and its image bounds
         assert p.config.scale == min(256, s.config.scale) and p.config.seed == s.config.seed
         assert plan.gates[s.id].probe == probe and plan.gates[s.id].min_signal == 0.05
         assert plan.dag()[s.id] == s.parents + (probe,)

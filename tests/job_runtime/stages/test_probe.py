@@ -79,12 +79,13 @@ def test_figures_on_a_policy_with_known_pass_rates(tmp_path):
 
 def test_probe_predicts_the_rl_stages_first_step_signal(tmp_path):
     n, k = 64, 4
-    probe.run(probe_stage(tmp_path / "probe", "builtin://tiny-qwen2-vl", n, k, reward=REWARD))
+    probe.run(probe_stage(tmp_path / "probe", "builtin://tiny-qwen2-vl", n, k, reward=REWARD, min_pixels=4096))
     predicted = results(tmp_path / "probe")["mixed_share"]
 
     params = RLParams.model_validate({
         "epochs": 1, "learning_rate": 1e-4, "global_batch_size": n, "per_device_batch_size": n, "num_generations": k,
         "temperature": 1.0, "max_prompt_length": 256, "max_completion_length": 8, "save_steps": 100, "reward": REWARD,
+        "min_pixels": 4096,  # the 64x64 drawings as drawn, in both stages (the easyr1 recipe would upscale them)
     }).model_dump(mode="json")
     cfg = StageConfig(kind="rl", id="rl-test", output=str(tmp_path / "rl"), model="builtin://tiny-qwen2-vl",
                       data={"train": "builtin://synthetic/rl"}, scale=n, seed=0, algorithm="grpo", params=params,
@@ -147,14 +148,17 @@ def test_only_rank_zero_works_when_a_launcher_starts_several(tmp_path, monkeypat
 
 def test_rollouts_sample_as_the_rl_stage_does(tmp_path, monkeypatch):
     """The RL stage's sampling reaches generate: its temperature, its top_p and no top-k cut (TRL's GRPO
-    and vLLM sample without one; transformers' default would keep the 50 likeliest tokens). A near-zero
-    temperature makes every group's rollouts identical, so nothing is mixed."""
+    and vLLM sample without one; transformers' default would keep the 50 likeliest tokens), and its
+    images in its pixel bounds. A near-zero temperature makes every group's rollouts identical, so
+    nothing is mixed."""
     from job_runtime.eval import generation
 
     seen: list[dict] = []
+    sizes: set[tuple[int, int]] = set()
     real = generation.HFBackend._batch
 
     def spy(self, reqs):
+        sizes.update(im.size for r in reqs for im in r.images)
         gen = self.model.generate
 
         def record(**kw):
@@ -170,6 +174,8 @@ def test_rollouts_sample_as_the_rl_stage_does(tmp_path, monkeypatch):
     monkeypatch.setattr(generation.HFBackend, "_batch", spy)
     probe.run(probe_stage(tmp_path / "cold", "builtin://tiny-qwen2-vl", 16, 4, temperature=1e-4, reward=REWARD))
     assert results(tmp_path / "cold")["mixed_share"] == 0.0
-    probe.run(probe_stage(tmp_path / "warm", "builtin://tiny-qwen2-vl", 16, 4, reward=REWARD, top_p=0.9))
+    assert sizes == {(64, 64)}  # no pixel bounds: the drawings as they are
+    probe.run(probe_stage(tmp_path / "warm", "builtin://tiny-qwen2-vl", 16, 4, reward=REWARD, top_p=0.9, min_pixels=16384))
     assert seen[-1] == {"do_sample": True, "temperature": 1.0, "top_p": 0.9, "top_k": 0, "max_new_tokens": 8}
+    assert sizes == {(64, 64), (128, 128)}  # the RL stage's min_pixels, by the same rule (job_runtime.io.images)
     assert results(tmp_path / "warm")["mixed_share"] > 0.0
