@@ -160,10 +160,14 @@ class _Builder:
     def rl_sampling(self) -> Any:
         """The RL stages' resolved settings (contract.resolve_rl under the rl recipe): how they sample,
         size images and grade accuracy, which the probes and the distill stages' verification follow.
-        One device: a layout the spec accepted for the RL resources divides on one device too."""
+        Only these settings are read, so the batch layout is neutralised (one update of one sequence per
+        device): an experiment whose methods include no RL stage may leave it unusable."""
         from job_runtime.contract import RLParams, resolve_rl
 
-        return resolve_rl(RLParams.model_validate(self.spec.rl.model_dump()), "grpo", world_size=1)
+        rl = self.spec.rl
+        neutral = RLParams.model_validate({**rl.model_dump(), "mini_batch_size": rl.global_batch_size,
+                                           "per_device_batch_size": 1})
+        return resolve_rl(neutral, "grpo", world_size=1)
 
     def distill_stage(self, d: Any) -> str:
         """The stage that builds data source d's SFT traces: one per teacher, prompts and settings,

@@ -203,3 +203,17 @@ def test_plan_json_records_probes_gates_and_ordering():
     for sid in j["gates"]:
         assert j["stages"][sid]["after"] == [j["gates"][sid]["probe"]]
     assert all(r["probe"] in j["stages"] for r in j["runs"] if r["method"] not in ("base", "sft"))
+
+
+def test_a_distill_source_without_rl_methods_needs_no_usable_rl_layout():
+    """The distill stage's accuracy rule comes from the RL recipe; an experiment without RL methods may
+    leave the RL batch layout unusable and still plan (the rule is read, not the layout)."""
+    raw = _distill_spec(methods=["sft"])
+    raw["spec"]["rl"].update(global_batch_size=4, per_device_batch_size=7)  # 1 prompt x 10 rollouts per update: no fit
+    plan = build_plan(spec.validate_dict(raw))
+    (d,) = [s for s in plan.stages.values() if s.kind == "distill"]
+    assert d.config.params["reward"]["accuracy_rule"] == "mathruler"
+    raw["spec"]["rl"]["recipe"] = "trl"
+    plan = build_plan(spec.validate_dict(raw))
+    (d,) = [s for s in plan.stages.values() if s.kind == "distill"]
+    assert d.config.params["reward"]["accuracy_rule"] == "lenient"

@@ -22,7 +22,7 @@ from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-TINY_RL = {"epochs": 1, "global_batch_size": 4, "per_device_batch_size": 16, "num_generations": 4,
+TINY_RL = {"epochs": 1, "global_batch_size": 4, "mini_batch_size": 4, "per_device_batch_size": 16, "num_generations": 4,
            "max_prompt_length": 256, "max_completion_length": 8, "heldout_size": 4, "probe": {"prompts": 8}}
 
 
