@@ -195,7 +195,7 @@ class _Builder:
         params = ProbeRun(prompts=n, samples=rl.probe.samples or rl.num_generations, temperature=r["temperature"],
                           top_p=r["top_p"], max_new_tokens=r["max_completion_length"], min_pixels=r["min_pixels"],
                           max_pixels=r["max_pixels"], reward={**rl.reward.model_dump(), "accuracy_rule": r["accuracy_rule"]},
-                          batch_size=rl.probe.batch_size).model_dump(mode="json")
+                          batch_size=rl.probe.batch_size, generation=rl.generation).model_dump(mode="json")
         data = {"train": d.rl}
         contamination = self.decontamination()
         payload = {"model": model_ref, "data": data, "scale": n, "seed": seed, "params": params,

@@ -342,6 +342,9 @@ class DistillParams(_Strict):
     reward: RewardWeights | None = Field(
         None, description="Rewards that verify a trace (accuracy and format must both be 1); default: rl.reward.",
     )
+    generation: GenerationParams = Field(
+        default_factory=GenerationParams, description="The teacher's generation engine (vllm, hf or auto).",
+    )
 
 
 class ProbeRun(_Strict):
@@ -358,6 +361,9 @@ class ProbeRun(_Strict):
         default_factory=RewardWeights, description="The RL stage's reward (rl.reward, its accuracy rule resolved)."
     )
     batch_size: int = Field(64, ge=1, description="Prompts per generation batch (HF backend).")
+    generation: GenerationParams = Field(
+        default_factory=GenerationParams, description="The generation engine (rl.generation: the RL stage's choice).",
+    )
 
 
 class DecontamParams(_Strict):

@@ -37,10 +37,18 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Request:
-    """One prompt: the user turn's text and its images (PIL), placed before the text."""
+    """One prompt: the user turn's text and its images (PIL), placed before the text.
+
+    ``independent``: vLLM draws this request's sample from the engine's generator (seeded once,
+    when the engine starts) instead of the per-request seed it gives every request, so that k
+    copies of a prompt are k samples rather than one sample k times. (A seed per copy would do too,
+    but the CPU build of vLLM 0.31 cannot rewind a seeded CPU generator when it chunks a prefill.)
+    HF needs nothing: a batch draws every row from torch's generator, seeded by the caller.
+    """
 
     prompt: str
     images: list[Any] = field(default_factory=list)
+    independent: bool = False
 
 
 class GenerationError(RuntimeError):
@@ -176,10 +184,20 @@ class VLLMBackend:
             if r.images:
                 item["multi_modal_data"] = {"image": r.images if len(r.images) > 1 else r.images[0]}
             inputs.append(item)
-        outs = self.llm.generate(inputs, self.sampling, use_tqdm=False)
+        sampling: Any = self.sampling
+        if any(r.independent for r in requests):  # copies of a prompt: independent samples
+            unseeded = _seeded(self.sampling, None)
+            sampling = [unseeded if r.independent else self.sampling for r in requests]
+        outs = self.llm.generate(inputs, sampling, use_tqdm=False)
         # Decoded like HFBackend (same tokenizer call), so equal tokens give equal text: vLLM's own
         # incremental detokenizer holds back a trailing partial UTF-8 character that HF decodes as U+FFFD.
         return [self.tokenizer.decode(list(o.outputs[0].token_ids), skip_special_tokens=True).strip() for o in outs]
+
+
+def _seeded(sampling: Any, seed: int | None) -> Any:
+    out = sampling.clone()
+    out.seed = seed
+    return out
 
 
 def resolve_model_path(model_uri: str) -> str:

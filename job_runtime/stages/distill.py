@@ -162,12 +162,12 @@ def run(cfg: StageConfig) -> None:
         log.info("distill %s: already complete; nothing to do", cfg.id)
         return
     gen = EvalParams(temperature=params.temperature, top_p=params.top_p, max_new_tokens=params.max_new_tokens,
-                     batch_size=params.batch_size)
+                     batch_size=params.batch_size, generation=params.generation)
     with sampling.workdir(cfg.output, "distill") as out:
         for stale in (METRICS_JSONL, RESULTS_JSON, SAMPLES_JSONL, DISTILL_DATA):
             (out / stale).unlink(missing_ok=True)
         try:
-            backend = sampling.make_backend(cfg.model, gen, cfg.seed)
+            backend = sampling.make_backend(cfg.model, gen, cfg.seed, "data[].distill.generation")
         except (GenerationError, ValueError) as e:
             raise StageError(str(e)) from None
         responses = sampling.sample(backend, prompts, params.samples_per_prompt)

@@ -114,12 +114,12 @@ def run(cfg: StageConfig) -> None:
         log.info("probe %s: already complete; nothing to do", cfg.id)
         return
     gen = EvalParams(temperature=params.temperature, top_p=params.top_p, max_new_tokens=params.max_new_tokens,
-                     batch_size=params.batch_size)
+                     batch_size=params.batch_size, generation=params.generation)
     with sampling.workdir(cfg.output, "probe") as out:
         for stale in (METRICS_JSONL, RESULTS_JSON, SAMPLES_JSONL):
             (out / stale).unlink(missing_ok=True)
         try:
-            backend = sampling.make_backend(cfg.model, gen, cfg.seed)
+            backend = sampling.make_backend(cfg.model, gen, cfg.seed, "rl.generation")
         except (GenerationError, ValueError) as e:
             raise StageError(str(e)) from None
         responses = sampling.sample(backend, prompts, params.samples, params.min_pixels, params.max_pixels)

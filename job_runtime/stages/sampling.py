@@ -142,8 +142,9 @@ class SolverBackend:
         return out
 
 
-def make_backend(model: str, params: EvalParams, seed: int = 0):
-    """The backend for a model URI: the solver for builtin://synthetic-solver, else the eval stage's."""
+def make_backend(model: str, params: EvalParams, seed: int = 0, section: str = "generation"):
+    """The backend for a model URI: the solver for builtin://synthetic-solver, else the eval stage's
+    (params.generation.backend: vllm, hf or auto). ``section`` names the setting in errors."""
     from job_runtime.builtin.synthetic import SOLVER_URI
 
     if model.split("?")[0].rstrip("/") == SOLVER_URI:
@@ -153,7 +154,10 @@ def make_backend(model: str, params: EvalParams, seed: int = 0):
     from job_runtime.eval import generation
 
     torch.manual_seed(seed)  # HF sampling draws from torch's generator
-    return generation.make_backend(model, params)
+    try:
+        return generation.make_backend(model, params)
+    except generation.GenerationError as e:  # name the setting of this stage, not eval's
+        raise generation.GenerationError(str(e).replace("eval.generation", section)) from None
 
 
 # --- sampling and scoring -------------------------------------------------------------------------
@@ -162,7 +166,9 @@ def make_backend(model: str, params: EvalParams, seed: int = 0):
 def sample(backend: Any, prompts: Sequence[Prompt], k: int, min_pixels: int | None = None,
            max_pixels: int | None = None) -> list[list[str]]:
     """k responses per prompt: responses[i][j] is sample j of prompt i. Images are resized into the
-    pixel bounds first (job_runtime.io.images.fit: the RL stage's rule), when bounds are given."""
+    pixel bounds first (job_runtime.io.images.fit: the RL stage's rule), when bounds are given. The
+    copies of a prompt are independent samples: vLLM draws them from its engine's generator (its
+    per-request seed would repeat one sample k times), HF from torch's (`make_backend` seeds it)."""
     from PIL import Image
 
     from job_runtime.eval.generation import Request
@@ -173,7 +179,7 @@ def sample(backend: Any, prompts: Sequence[Prompt], k: int, min_pixels: int | No
     for start in range(0, len(prompts), CHUNK_PROMPTS):
         chunk = prompts[start : start + CHUNK_PROMPTS]
         images = [fit(Image.open(io.BytesIO(p.image)), min_pixels, max_pixels) for p in chunk]
-        reqs = [Request(p.text, [im]) for p, im in zip(chunk, images) for _ in range(k)]
+        reqs = [Request(p.text, [im], independent=True) for p, im in zip(chunk, images) for _ in range(k)]
         flat = backend.generate(reqs)
         out += [flat[i * k : (i + 1) * k] for i in range(len(chunk))]
     log.info("%s: %d prompts x %d samples in %.1f s", getattr(backend, "name", "backend"), len(prompts), k,
