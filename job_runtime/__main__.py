@@ -17,7 +17,7 @@ import sys
 
 from pydantic import ValidationError
 
-from job_runtime.io import storage
+from job_runtime.io import scratch, storage
 from job_runtime.contract import EXIT_CONFIG, EXIT_FAILED, EXIT_RETRYABLE, STAGE_KINDS, StageConfig
 from job_runtime.errors import StageError
 
@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("job_runtime")
+    scratch.install()  # SIGTERM exits through finally: no scratch folder is left behind
+    scratch.sweep()  # ... and those of SIGKILLed stages are removed now
     try:
         cfg = load_config(args.config)
     except storage.StorageUnavailable as e:
@@ -53,14 +55,22 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     stage = importlib.import_module(f"job_runtime.stages.{cfg.kind}")
     log.info("stage %s (%s) -> %s", cfg.id, cfg.kind, cfg.output)
+    storage.clear_failure(cfg.output)
     try:
         stage.run(cfg)
     except storage.StorageUnavailable as e:
         log.error("%s", e)
+        storage.write_failure(cfg.output, error=str(e).splitlines()[0], exit_code=EXIT_RETRYABLE)
         return EXIT_RETRYABLE
     except (StageError, storage.StorageError) as e:
         log.error("%s", e)
+        storage.write_failure(cfg.output, error=str(e).splitlines()[0], exit_code=EXIT_FAILED)
         return EXIT_FAILED
+    except BaseException as e:  # a bug, Ctrl-C or SIGTERM: record it, then fail as before (traceback in the log)
+        code = e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 130 if isinstance(e, KeyboardInterrupt) else EXIT_FAILED
+        what = f"{type(e).__name__}: {e}".splitlines()[0] if not isinstance(e, SystemExit) else f"stopped by a signal (exit {code})"
+        storage.write_failure(cfg.output, error=what, exit_code=code)
+        raise
     log.info("stage %s done", cfg.id)
     return 0
 

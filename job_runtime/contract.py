@@ -19,6 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 SCHEMA_VERSION = "sftrl/v1"
 
+# The runtime's recipe version per stage kind, part of every stage id: bump a kind's number whenever
+# what its stage computes changes for the same inputs and parameters (training loop, reward, data
+# selection, prompts, scoring rules), so finished stages made by the old recipe are redone.
+RECIPE_VERSION: dict[str, int] = {"sft": 1, "rl": 1, "eval": 1}
+
 StageKind = Literal["sft", "rl", "eval"]
 STAGE_KINDS: tuple[str, ...] = ("sft", "rl", "eval")
 Algorithm = Literal["grpo", "dapo"]
@@ -354,6 +359,7 @@ STAGES_DIR = "stages"
 EXPERIMENTS_DIR = "experiments"
 STAGE_JSON = "stage.json"
 SUCCESS = "_SUCCESS"  # written last: the only proof that a stage is complete
+FAILED = "_FAILED"  # why the last attempt failed (error line, exit code, log); removed when an attempt starts
 METRICS_JSONL = "metrics.jsonl"  # one JSON object per logged step
 RESULTS_JSON = "results.json"  # eval: per-benchmark headline metric and breakdowns
 SAMPLES_JSONL = "samples.jsonl"  # eval: one row per scored item

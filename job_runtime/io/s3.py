@@ -464,6 +464,42 @@ class S3Backend:
             rel for rel in self._keys(uri) if not rel.endswith("/") and not rel.rsplit("/", 1)[-1].startswith(".")
         )
 
+    def sizes(self, uri: str) -> dict[str, int]:
+        """Relative key -> size of every object under the prefix (one listing)."""
+        return {rel: size for rel, (size, _) in self.etags(uri).items()}
+
+    def head(self, uri: str) -> dict[str, Any] | None:
+        """{size, etag} of the object named uri, or None when there is none."""
+        bucket, key = self._bucket(uri)
+
+        def head() -> dict[str, Any] | None:
+            try:
+                r = self.client.head_object(Bucket=bucket, Key=key)
+            except bex.ClientError as exc:
+                if _status(exc) == "404":
+                    return None
+                raise
+            return {"size": int(r["ContentLength"]), "etag": str(r.get("ETag", "")).strip('"')}
+
+        return self._retry("check", uri, head)
+
+    def etags(self, uri: str) -> dict[str, tuple[int, str]]:
+        """Relative key -> (size, ETag) of every object under the prefix (one listing)."""
+        bucket, key = self._bucket(uri)
+        prefix = f"{key}/" if key else ""
+
+        def collect() -> dict[str, tuple[int, str]]:
+            out: dict[str, tuple[int, str]] = {}
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": self.list_page_size}
+            )
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    out[obj["Key"][len(prefix) :]] = (int(obj["Size"]), str(obj.get("ETag", "")).strip('"'))
+            return {rel: v for rel, v in out.items() if rel and not rel.endswith("/")}
+
+        return self._retry("list", uri, collect)
+
     def _keys(self, uri: str) -> list[str]:
         """Every key under uri/, relative, including dot-files and folder markers."""
         bucket, key = self._bucket(uri)

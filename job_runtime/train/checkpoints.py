@@ -277,7 +277,7 @@ def _publish_model(model_dir: Path, uri: str) -> None:
         if model_dir.resolve() == dst.resolve():
             return
         tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-        shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
+        shutil.copytree(model_dir, tmp, dirs_exist_ok=True, copy_function=shutil.copyfile)  # new files: umask modes
         old = None
         if dst.exists():
             old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
