@@ -289,4 +289,6 @@ def collect(exp: Experiment, opener: Opener = urllib.request.urlopen) -> Fingerp
         elif inp.kind == "other":
             fp.problems.append(f"{inp.where}: {inp.uri} has an unsupported scheme, because only builtin://, s3://, "
                                "file://, hf:// and paths are read. Fix the URI")
+    if unchecked:
+        fp.problems.append(f"{', '.join(unchecked)}: not checked, because {s3_down}")
     return fp

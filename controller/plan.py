@@ -33,6 +33,7 @@ class Stage:
     parents: tuple[str, ...]
     config: StageConfig
     inputs: dict[str, str] = field(default_factory=dict)  # role (model, data.train, eval.data.<name>) -> URI
+    recipe: int = 0  # contract.RECIPE_VERSION[kind] when the id was made
 
     @property
     def labels(self) -> Labels:
@@ -78,7 +79,7 @@ class Plan:
             "benchmarks": self.benchmarks,
             "stages": {
                 sid: {"kind": s.kind, "parents": list(s.parents), "labels": s.labels.model_dump(),
-                      "recipe": RECIPE_VERSION[s.kind],
+                      "recipe": s.recipe,
                       "inputs": {role: {"uri": uri, "fingerprint": self.fingerprints.get(uri)}
                                  for role, uri in s.inputs.items()}}
                 for sid, s in self.stages.items()
@@ -123,7 +124,8 @@ class _Builder:
             labels: dict[str, str], **fields: Any) -> str:
         inputs = stage_inputs(str(payload["model"]), payload.get("data") or {}, payload.get("params") or {})
         content = {uri: self.plan.fingerprints[uri] for uri in inputs.values() if uri in self.plan.fingerprints}
-        sid = stage_id(kind, {**payload, "parents": list(parents), "recipe": RECIPE_VERSION[kind], "content": content})
+        recipe = RECIPE_VERSION[kind]
+        sid = stage_id(kind, {**payload, "parents": list(parents), "recipe": recipe, "content": content})
         if sid in self.plan.stages:
             return sid
         cfg = StageConfig(
@@ -131,7 +133,7 @@ class _Builder:
             labels=Labels(experiment=self.plan.experiment, stage=sid, **labels),
             deepspeed=self._deepspeed(kind, payload.get("params", {}), labels["model"]), **fields,
         )
-        self.plan.stages[sid] = Stage(sid, kind, parents, cfg, inputs)
+        self.plan.stages[sid] = Stage(sid, kind, parents, cfg, inputs, recipe)
         return sid
 
     def _deepspeed(self, kind: str, params: dict[str, Any], model_name: str) -> dict[str, Any] | None:
@@ -239,10 +241,10 @@ def explain_changes(previous: Mapping[str, Any], new: Plan) -> dict[str, str]:
             old = old_stages.get(old_sid) or {}
             if sid == old_sid or sid in old_stages or sid in out or old.get("kind") != new.stages[sid].kind:
                 continue
-            kind = new.stages[sid].kind
+            kind, recipe = new.stages[sid].kind, new.stages[sid].recipe
             reasons = _changed_inputs(old, new, sid)
-            if old.get("recipe") not in (None, RECIPE_VERSION[kind]):
-                reasons.append(f"the {kind} recipe version changed ({old['recipe']} -> {RECIPE_VERSION[kind]})")
+            if old.get("recipe") not in (None, recipe):
+                reasons.append(f"the {kind} recipe version changed ({old['recipe']} -> {recipe})")
             if pos > 0 and chain[pos - 1] != was[pos - 1]:
                 reasons.append(f"its parent changed ({was[pos - 1]} -> {chain[pos - 1]})")
             if not reasons:

@@ -287,7 +287,7 @@ def build_report(root_uri: str, experiment_name: str, out_dir: str | None = None
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    return ReportResult(out, files, report_render.text_table(rep.main, rep.mm_cols), rep)
+    return ReportResult(out, files, report_render.text_table(rep.main, rep.mm_cols, failed_runs=rep.failed_runs), rep)
 
 
 def main_table_text(root_uri: str, experiment_name: str, width: int | None = None) -> str:
