@@ -64,11 +64,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def stage_done(plan: Plan) -> dict[str, bool]:
-    """Which stages are done: their _SUCCESS manifest exists and its files have their sizes."""
-    return {sid: st.done for sid, st in stage_statuses(plan).items()}
-
-
 def stage_statuses(plan: Plan) -> dict[str, status_mod.StageStatus]:
     """Every stage's status from storage; raises StorageError after the first stage that cannot be read."""
     return status_mod.observe({sid: st.config.output for sid, st in plan.stages.items()})
