@@ -200,3 +200,13 @@ def test_plan_gives_up_on_unreachable_storage_after_the_first_stage(tmp_path, mo
     err = capsys.readouterr().err
     assert "cannot tell which stages are done" in err and "not checked, because reading s3://bucket/data/sft.jsonl failed first" in err
     assert len(calls) == 2  # once for the inputs, once for the stages: not once per input or stage
+
+
+def test_rerun_forgets_exactly_the_named_stages_results(study):
+    _, plan = study
+    base, sft = plan.runs[0].eval, plan.runs[1].train[0]
+    out = storage.local_path(plan.stages[base].config.output)
+    (out / "log.txt").write_text("=== attempt 1\n")
+    cli.invalidate(plan, base)
+    assert not storage.is_complete(storage.normalize(out)) and sorted(p.name for p in out.iterdir()) == ["log.txt"]
+    assert storage.is_complete(plan.stages[sft].config.output)  # untouched
