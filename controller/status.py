@@ -11,6 +11,7 @@ When storage cannot be read, the first stage's error is raised at once: no stage
 
 from __future__ import annotations
 
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -121,7 +122,8 @@ def record_failure(output: str, log: str, tail: str, exit_code: int | None) -> N
     itself recorded none, e.g. after a signal) to the stage's ``_FAILED`` record."""
     rec = storage.read_failure(output) or {}
     error = rec.get("error") if rec.get("error") and not str(rec.get("error")).startswith("stopped by a signal") else None
-    storage.write_failure(output, error=error or last_error_line(tail) or f"exit {exit_code}", exit_code=exit_code, log=log)
+    storage.write_failure(output, error=error or last_error_line(tail) or f"exit {exit_code}", exit_code=exit_code,
+                          log=os.path.abspath(log))
 
 
 def summarize(statuses: Iterable[StageStatus]) -> dict[str, int]:

@@ -129,3 +129,17 @@ def test_relative_storage_is_the_files_folder_wherever_sftrl_runs(tmp_path):
     for cwd in (ROOT, elsewhere):
         r = sftrl("plan", str(p), "--no-status", env={"PYTHONPATH": str(ROOT)}, cwd=cwd)
         assert r.returncode == 0 and f"storage file://{tmp_path / 'runs'}" in r.stdout, r.stderr
+
+
+def test_outputs_that_cannot_be_written_are_refused_without_a_traceback(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"unique_id": "1", "problem": "1+1", "answer": "2", "response": "\\\\boxed{2}"}\n')
+    for out in (tmp_path / "a-file" / "scored.jsonl", Path("/sys/scored.jsonl")):
+        r = sftrl("eval", "score", "math500", "--input", str(rows), "--output", str(out))
+        refused(r, f"--output {out}: {out} cannot be created, because")
+        assert "accuracy" not in r.stdout  # checked before any scoring
+    r = sftrl("render", str(ROOT / "examples" / "paper.yaml"), "-o", str(tmp_path / "a-file" / "jobs"))
+    refused(r, f"error: cannot use {tmp_path / 'a-file' / 'jobs'}, because Not a directory")
+    r = sftrl("report", str(QUICKSTART), "-o", "/sys/report")
+    refused(r, "-o /sys/report: /sys/report cannot be created, because /sys is not writable")
