@@ -31,6 +31,7 @@ True
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import random
 import threading
@@ -493,10 +494,11 @@ class FakeKubeApiServer:
                 code = 2
             else:
                 out = cfg["output"]
-                storage.write_text(storage.join(out, "metrics.jsonl"), json.dumps({"step": 1, "loss": 1.0}) + "\n")
-                storage.write_json(storage.join(out, "_SUCCESS"), {
-                    "files": {"metrics.jsonl": {"size": 0, "sha256": ""}}, "created": time.time(),
-                    "stage": cfg["id"], "job": name})
+                metrics = (json.dumps({"step": 1, "loss": 1.0}) + "\n").encode()
+                storage.write_bytes(storage.join(out, "metrics.jsonl"), metrics)
+                storage.write_json(storage.join(out, "_SUCCESS"), {  # as a real stage: the true size and sha256
+                    "files": {"metrics.jsonl": {"size": len(metrics), "sha256": hashlib.sha256(metrics).hexdigest()}},
+                    "created": time.time(), "stage": cfg["id"], "job": name})
         term = {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "finishedAt": _now()}}
         self.logs[pod_key] = self.logs.get(pod_key, "") + f"[rank0] {name}: exit {code}\n"
         if code == 0:
