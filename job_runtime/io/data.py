@@ -100,8 +100,7 @@ class DataReport:
         return s
 
     def as_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "total": self.total, "used": self.used, "skipped": dict(self.skipped),
-                "examples": list(self.examples)}
+        return {"source": self.source, "total": self.total, "used": self.used, "skipped": dict(self.skipped)}
 
 
 # --- reading raw rows ---------------------------------------------------------------------------
