@@ -79,7 +79,7 @@ class Plan:
             "benchmarks": self.benchmarks,
             "stages": {
                 sid: {"kind": s.kind, "parents": list(s.parents), "labels": s.labels.model_dump(),
-                      "recipe": s.recipe,
+                      "recipe_version": s.recipe,
                       "inputs": {role: {"uri": uri, "fingerprint": self.fingerprints.get(uri)}
                                  for role, uri in s.inputs.items()}}
                 for sid, s in self.stages.items()
@@ -243,8 +243,8 @@ def explain_changes(previous: Mapping[str, Any], new: Plan) -> dict[str, str]:
                 continue
             kind, recipe = new.stages[sid].kind, new.stages[sid].recipe
             reasons = _changed_inputs(old, new, sid)
-            if old.get("recipe") not in (None, recipe):
-                reasons.append(f"the {kind} recipe version changed ({old['recipe']} -> {recipe})")
+            if old.get("recipe_version") not in (None, recipe):
+                reasons.append(f"the {kind} recipe version changed ({old['recipe_version']} -> {recipe})")
             if pos > 0 and chain[pos - 1] != was[pos - 1]:
                 reasons.append(f"its parent changed ({was[pos - 1]} -> {chain[pos - 1]})")
             if not reasons:
