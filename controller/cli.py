@@ -111,6 +111,8 @@ class _Progress:
             _say(f"{t} start  {what}  attempt {info['attempt']}  log: {info['log']}")
         elif event == "succeeded":
             _say(f"{t} done   {what}  in {info['seconds']:.0f}s")
+        elif event == "waiting":  # another writer holds the stage's lease
+            _say(f"{t} wait   {what}  held elsewhere: {info['why']}")
         elif event == "failed":
             again = "will retry" if info["retryable"] else "not retryable"
             _say(f"{t} FAILED {what}  exit {info['returncode']} ({again}); last lines of {info['log']}:")

@@ -2,7 +2,11 @@
 
 The stage reads its stage.json and nothing else but credentials and launcher variables. Exit codes
 follow contract.EXIT_*: 0 done, 1 a code or data failure, 2 an invalid config, 200 a retryable
-infrastructure failure (the training operator's ExitCode policy retries 128-255 only).
+infrastructure failure (the training operator's ExitCode policy retries 128-255 only), 201 the
+stage's lease belongs to another live writer.
+
+The stage runs holding its lease (job_runtime/io/lease.py): at most one process writes a stage's
+output at a time, whoever started it (`sftrl run`, a Kubernetes pod, a person).
 
 `python -m job_runtime score BENCHMARK --input rows.jsonl --output scored.jsonl` re-scores saved
 generations without a model.
@@ -17,8 +21,8 @@ import sys
 
 from pydantic import ValidationError
 
-from job_runtime.io import storage
-from job_runtime.contract import EXIT_CONFIG, EXIT_FAILED, EXIT_RETRYABLE, STAGE_KINDS, StageConfig
+from job_runtime.io import lease, storage
+from job_runtime.contract import EXIT_CONFIG, EXIT_FAILED, EXIT_LEASE, EXIT_RETRYABLE, STAGE_KINDS, StageConfig
 from job_runtime.errors import StageError
 
 
@@ -54,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     stage = importlib.import_module(f"job_runtime.stages.{cfg.kind}")
     log.info("stage %s (%s) -> %s", cfg.id, cfg.kind, cfg.output)
     try:
-        stage.run(cfg)
+        with lease.hold(cfg.output, note=f"{cfg.kind} stage {cfg.id}"):
+            stage.run(cfg)
+    except lease.LeaseLost as e:
+        log.error("%s; not running stage %s, because another writer owns it", e, cfg.id)
+        return EXIT_LEASE
     except storage.StorageUnavailable as e:
         log.error("%s", e)
         return EXIT_RETRYABLE

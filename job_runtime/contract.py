@@ -33,6 +33,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # a code or data failure: retrying would fail the same way
 EXIT_CONFIG = 2  # the stage config is invalid
 EXIT_RETRYABLE = 200  # infrastructure (storage unreachable, preempted): worth a retry
+EXIT_LEASE = 201  # another live writer holds the stage's lease (job_runtime/io/lease.py): wait, then retry
 
 
 class _Strict(BaseModel):
