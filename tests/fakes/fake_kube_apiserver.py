@@ -7,8 +7,16 @@ this small HTTP server on 127.0.0.1. It implements just enough of the REST API f
 - ``kubeflow.org/v1`` PyTorchJobs, ``sftrl.io/v1alpha1`` Experiments (with a status subresource
   and ``metadata.generation``), core ``v1`` Events and Pods (and ``pods/{name}/log``);
 - namespaced and cluster-wide lists with equality/existence label selectors;
-- ``resourceVersion`` on every write, ``409 AlreadyExists`` on creating an existing name,
-  ``409 Conflict`` on a stale ``resourceVersion``, JSON merge patch (RFC 7386);
+- ``resourceVersion`` on every write, ``409 AlreadyExists`` on creating an existing name (also while
+  an object of that name is still terminating), ``409 Conflict`` on a stale ``resourceVersion``
+  given in a PUT or in a merge patch (optimistic concurrency), JSON merge patch (RFC 7386);
+- what the operator relies on and what breaks it: deletion that lingers (``terminating_seconds``:
+  the object shows a ``deletionTimestamp`` and its pods keep running until it is gone); the
+  garbage collector (an object whose ownerReferences all name deleted objects is deleted, pods of
+  a deleted job with it); the training operator's TTL (a finished PyTorchJob is deleted
+  ``ttlSecondsAfterFinished`` after it ended, or ``ttl_seconds`` when a test sets it); status
+  writes answered 409 as if another writer got there first (``status_conflict_rate``, seeded);
+  a master pod whose exit code shows up ``pod_report_delay`` seconds after its job failed;
 - optional validation of created PyTorchJobs against a CRD's openAPIV3Schema (422 Invalid).
 
 A simulated training operator (a thread) moves each PyTorchJob through Created -> Running ->
@@ -19,8 +27,12 @@ job_runtime would). Hooks let tests inject exit codes per job name (1-127 fail a
 for sftrl's clients (seeded), a 500 after a create that did happen (ambiguous create), and
 permanent rejections of a create.
 
-Accounting for assertions: ``creates`` (successful creates per PyTorchJob name), ``conflicts``,
-``requests`` (method, path, status, user agent, RBAC verb/group/resource), ``status_history``.
+Accounting for assertions: ``creates`` (successful creates per PyTorchJob name), ``conflicts``
+(409s per name) with ``conflicted`` (name, uid of the job that answered), ``created_uids`` (every
+job ever created under a name), ``overlaps`` (a job created while another job of the same stage
+and storage root was still live: two writers), ``gone`` (jobs removed: TTL, GC, deletion),
+``phases_seen``, ``requests`` (method, path, status, user agent, RBAC verb/group/resource),
+``status_history``.
 
 >>> srv = FakeKubeApiServer().start()
 >>> srv.url.startswith("http://127.0.0.1:")
@@ -138,7 +150,12 @@ class FakeKubeApiServer:
     pytorchjob_schema: dict[str, Any] | None = None  # validate creates against it when set
     crds: set[str] = field(default_factory=lambda: {"pytorchjobs", "experiments"})
     exit_codes: dict[str, int] = field(default_factory=dict)  # job name -> exit code of every run
+    stage_exit_codes: dict[str, int] = field(default_factory=dict)  # stage id -> exit code of every attempt
     reject_creates: dict[str, tuple[int, str]] = field(default_factory=dict)  # job name -> (code, message)
+    ttl_seconds: float | None = None  # None: each job's ttlSecondsAfterFinished (days: never in a test)
+    terminating_seconds: float = 0.0  # how long a deleted object lingers with a deletionTimestamp
+    status_conflict_rate: float = 0.0  # share of sftrl's conditional status patches answered 409
+    pod_report_delay: float = 0.0  # a failed master pod shows its exit code this much later
 
     def __post_init__(self) -> None:
         self.lock = threading.RLock()
@@ -151,6 +168,14 @@ class FakeKubeApiServer:
         self.config_missing_at_create: list[str] = []
         self.requests: list[Request] = []
         self.status_history: dict[str, list[dict[str, Any]]] = {}
+        self.conflicted: list[tuple[str, str]] = []
+        self.created_uids: dict[str, list[str]] = {}
+        self.overlaps: list[tuple[str, str]] = []
+        self.gone: list[tuple[str, str, str]] = []  # (name, why, phase at removal)
+        self.phases_seen: set[str] = set()
+        self.terminating: dict[tuple[tuple[str, str, str], tuple[str, str]], float] = {}  # -> remove at
+        self.finished_at: dict[tuple[str, str], float] = {}  # job -> monotonic time it ended
+        self._pending_pods: list[tuple[float, str, dict[str, Any], dict[str, Any], str, int]] = []
         self.rng = random.Random(self.seed)
         self._stop = threading.Event()
         self.httpd: ThreadingHTTPServer | None = None
@@ -307,23 +332,25 @@ class FakeKubeApiServer:
             if method == "GET":
                 return 200, copy.deepcopy(cur), None
             if method == "DELETE":
-                del self.store[res][key]
-                self.sim.pop(key, None)
-                if res == JOBS:
-                    for pk, pod in list(self.store[PODS].items()):
-                        if pod["metadata"].get("labels", {}).get("training.kubeflow.org/job-name") == name:
-                            del self.store[PODS][pk]
+                self.delete(res, key, "deleted")
                 return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}, None
             if method in ("PUT", "PATCH"):
+                want = (body or {}).get("metadata", {}).get("resourceVersion")
+                stale = want and want != cur["metadata"]["resourceVersion"]
+                if (want and ours and sub == "status" and self.status_conflict_rate
+                        and self.rng.random() < self.status_conflict_rate):
+                    cur["metadata"]["resourceVersion"] = self._bump()  # another writer got there first
+                    stale = True
+                if stale:
+                    raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {res[2]} "{name}": '
+                                                    "the object has been modified; please apply your changes "
+                                                    "to the latest version and try again")
                 if method == "PUT":
-                    want = (body or {}).get("metadata", {}).get("resourceVersion")
-                    if want and want != cur["metadata"]["resourceVersion"]:
-                        raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {res[2]} "{name}": '
-                                                        "the object has been modified; please apply your changes "
-                                                        "to the latest version and try again")
                     new = copy.deepcopy(body)
                 else:
-                    new = merge_patch(cur, body)
+                    new = merge_patch(cur, {k: v for k, v in (body or {}).items() if k != "metadata"})
+                    if sub != "status" and "metadata" in (body or {}):
+                        new = merge_patch(new, {"metadata": body["metadata"]})
                 return 200, self._update(res, key, cur, new, status_only=(sub == "status")), None
         raise ApiError(405, "MethodNotAllowed", f"{method} is not supported here")
 
@@ -360,7 +387,10 @@ class FakeKubeApiServer:
         if (ns, name) in self.store[res]:
             if count:
                 self.conflicts[name] += 1
+                self.conflicted.append((name, self.store[res][(ns, name)]["metadata"]["uid"]))
             raise ApiError(409, "AlreadyExists", f'{res[2]}.{res[0] or "core"} "{name}" already exists')
+        if res == JOBS and count:
+            self._check_overlap(ns, body)
         obj = copy.deepcopy(body)
         meta = obj.setdefault("metadata", {})
         meta.update(namespace=ns, uid=str(uuid.uuid4()), resourceVersion=self._bump(), creationTimestamp=_now(),
@@ -369,6 +399,7 @@ class FakeKubeApiServer:
             obj.pop("status", None)
         self.store[res][(ns, name)] = obj
         if res == JOBS:
+            self.created_uids.setdefault(name, []).append(meta["uid"])
             if count:
                 self.creates[name] += 1
             obj["status"] = {"conditions": [self._cond("Created", f"PyTorchJob {name} is created.")]}
@@ -432,9 +463,11 @@ class FakeKubeApiServer:
         labels = dict(tmpl.get("metadata", {}).get("labels", {}))
         labels.update({"training.kubeflow.org/job-name": name, "training.kubeflow.org/replica-type": "master",
                        "training.kubeflow.org/replica-index": "0", "training.kubeflow.org/job-role": "master"})
+        owner = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "name": name,
+                 "uid": job["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
         pod = {"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": f"{name}-master-0", "namespace": ns, "labels": labels,
-                            "resourceVersion": self._bump(), "uid": str(uuid.uuid4())},
+                            "resourceVersion": self._bump(), "uid": str(uuid.uuid4()), "ownerReferences": [owner]},
                "spec": {"containers": [{"name": "pytorch", "image": tmpl["spec"]["containers"][0]["image"]}]},
                "status": {"phase": phase, "containerStatuses": [
                    {"name": "pytorch", "state": state, "restartCount": restarts, "ready": phase == "Running"}]}}
@@ -457,14 +490,90 @@ class FakeKubeApiServer:
             with self.lock:
                 for key in list(self.sim):
                     self._step(key)
+                self._housekeeping()
             time.sleep(self.tick)
+
+    # --- deletion, garbage collection, TTL ------------------------------------------------------------
+
+    def delete(self, res: tuple[str, str, str], key: tuple[str, str], why: str) -> None:
+        """Delete as the API server does: at once, or (terminating_seconds) first mark it Terminating."""
+        with self.lock:
+            obj = self.store[res].get(key)
+            if obj is None or (res, key) in self.terminating:
+                return
+            if self.terminating_seconds > 0:
+                obj["metadata"]["deletionTimestamp"] = _now()
+                obj["metadata"]["resourceVersion"] = self._bump()
+                self.terminating[(res, key)] = time.monotonic() + self.terminating_seconds
+            else:
+                self._remove(res, key, why)
+
+    def _remove(self, res: tuple[str, str, str], key: tuple[str, str], why: str) -> None:
+        obj = self.store[res].pop(key, None)
+        self.terminating.pop((res, key), None)
+        if obj is None:
+            return
+        if res == JOBS:
+            self.gone.append((key[1], why, self._phase(obj)))
+            self.sim.pop(key, None)
+            self.finished_at.pop(key, None)
+            uid = obj["metadata"]["uid"]
+            for pk, pod in list(self.store[PODS].items()):
+                if any(o.get("uid") == uid for o in pod["metadata"].get("ownerReferences") or []):
+                    del self.store[PODS][pk]
+
+    @staticmethod
+    def _phase(job: dict[str, Any]) -> str:
+        conds = [c["type"] for c in (job.get("status") or {}).get("conditions", []) if c.get("status") == "True"]
+        for kind in ("Succeeded", "Failed", "Restarting", "Running", "Suspended"):
+            if kind in conds:
+                return kind
+        return "Created"
+
+    def _live(self, job: dict[str, Any]) -> bool:
+        return self._phase(job) not in ("Succeeded", "Failed")
+
+    def _check_overlap(self, ns: str, body: dict[str, Any]) -> None:
+        labels = body.get("metadata", {}).get("labels") or {}
+        stage, store = labels.get("sftrl.io/stage"), labels.get("sftrl.io/storage")
+        for (ons, oname), other in self.store[JOBS].items():
+            ol = other["metadata"].get("labels") or {}
+            if ons == ns and ol.get("sftrl.io/stage") == stage and ol.get("sftrl.io/storage") == store and (
+                    self._live(other) or other["metadata"].get("deletionTimestamp")):
+                self.overlaps.append((body["metadata"]["name"], oname))
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        for (res, key), until in list(self.terminating.items()):
+            if now >= until:
+                self._remove(res, key, "deleted")
+        uids = {o["metadata"]["uid"] for r in (JOBS, EXPERIMENTS) for o in self.store[r].values()}
+        for key, job in list(self.store[JOBS].items()):
+            refs = job["metadata"].get("ownerReferences") or []
+            if refs and not any(r.get("uid") in uids for r in refs):
+                self.delete(JOBS, key, "garbage-collected")
+            self.phases_seen.add(self._phase(job))
+        for key, job in list(self.store[JOBS].items()):
+            ended = self.finished_at.get(key)
+            if ended is None:
+                continue
+            ttl = self.ttl_seconds if self.ttl_seconds is not None else \
+                job["spec"].get("runPolicy", {}).get("ttlSecondsAfterFinished")
+            if ttl is not None and now - ended >= float(ttl):
+                self.delete(JOBS, key, "ttl")
+        for item in list(self._pending_pods):
+            if now >= item[0]:
+                self._pending_pods.remove(item)
+                _, ns, job, term, phase, restarts = item
+                if (ns, job["metadata"]["name"]) in self.store[JOBS]:
+                    self._pod(ns, job, term, phase, restarts)
 
     def _step(self, key: tuple[str, str]) -> None:
         from job_runtime.io import storage
 
         sim, job = self.sim[key], self.store[JOBS].get(key)
-        if job is None:
-            return
+        if job is None or job["metadata"].get("deletionTimestamp"):
+            return  # gone, or terminating: its pods are being stopped, nothing more happens
         ns, name = key
         t = time.monotonic() - sim.t0
         queued = "kueue.x-k8s.io/queue-name" in job["metadata"].get("labels", {})
@@ -482,7 +591,8 @@ class FakeKubeApiServer:
             return
         if sim.phase != "Running" or t < self.job_seconds:
             return
-        code = self.exit_codes.get(name, 0)
+        stage = (job["metadata"].get("labels") or {}).get("sftrl.io/stage", "")
+        code = self.exit_codes.get(name, self.stage_exit_codes.get(stage, 0))
         uri = self._config_uri(job)
         if code == 0:
             try:
@@ -501,6 +611,7 @@ class FakeKubeApiServer:
         self.logs[pod_key] = self.logs.get(pod_key, "") + f"[rank0] {name}: exit {code}\n"
         if code == 0:
             sim.phase = "Succeeded"
+            self.finished_at[key] = time.monotonic()
             self._pod(ns, job, term, "Succeeded", sim.restarts)
             self._set(job, self._cond("Succeeded", f"PyTorchJob {ns}/{name} successfully completed."))
             job["status"]["completionTime"] = _now()
@@ -516,7 +627,11 @@ class FakeKubeApiServer:
                                                     "failed.", "PyTorchJobRestarting"))
             return
         sim.phase = "Failed"
-        self._pod(ns, job, term, "Failed", sim.restarts)
+        self.finished_at[key] = time.monotonic()
+        if self.pod_report_delay > 0:  # the pod's status lags: running, then its exit code
+            self._pending_pods.append((time.monotonic() + self.pod_report_delay, ns, job, term, "Failed", sim.restarts))
+        else:
+            self._pod(ns, job, term, "Failed", sim.restarts)
         if retryable:
             self._set(job, self._cond("Failed", f"Job {name} has failed because it has reached the specified "
                                                 "backoff limit", "BackoffLimitExceeded"))

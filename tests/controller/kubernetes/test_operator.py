@@ -3,8 +3,10 @@ server (tests/fakes/fake_kube_apiserver.py), including SIGKILLs at random points
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import pytest
 import yaml
 
 from controller.kubernetes import rbac, render
+from controller.kubernetes.executor import ApiUnavailable
 from controller.kubernetes.operator import ClusterDefaults, Operator
 from controller.plan import build_plan
 from controller.spec import validate_dict
@@ -28,6 +31,10 @@ TERMINAL = ("Succeeded", "Failed", "Cancelled")
 
 def _plan(spec, name="demo"):
     return build_plan(validate_dict({"metadata": {"name": name}, "spec": spec}))
+
+
+def _name(plan, sid, attempt=1):
+    return render.stage_job_name(plan.stages[sid], attempt)
 
 
 def _status(fake, name="demo", ns="default"):
@@ -77,7 +84,7 @@ def test_operator_runs_an_experiment_and_writes_a_schema_valid_status(fake, tmp_
     jsonschema.validate(obj, experiment_schema())
     for s in fake.status_history["demo"]:  # every status written, not only the last
         jsonschema.validate({**obj, "status": s}, experiment_schema())
-    assert set(fake.creates) == {render.job_name(s) for s in plan.stages} and set(fake.creates.values()) == {1}
+    assert set(fake.creates) == {_name(plan, s) for s in plan.stages} and set(fake.creates.values()) == {1}
     reasons = [e["reason"] for e in fake.objects(EVENTS)]
     assert reasons.count("StageLaunched") == 7 and reasons.count("StageSucceeded") == 7
     assert metrics.registry.get_sample_value("sftrl_operator_stages", {"experiment": "demo", "state": "succeeded"}) == 7
@@ -101,25 +108,26 @@ def test_shared_stage_is_one_job_and_cancel_spares_it(fake, tmp_path):
     fake.job_seconds = 3600
     store = f"file://{tmp_path}/store"
     a, b = tiny_spec(store, methods=["sft"]), tiny_spec(store, methods=["sft+grpo"])
-    sft = next(s for s in _plan(a).stages.values() if s.kind == "sft").id
+    plan = _plan(a)
+    sft = next(s for s in plan.stages.values() if s.kind == "sft").id
     assert sft in _plan(b).stages  # the same content-addressed stage
     submit(fake, "exp-a", a)
     submit(fake, "exp-b", b)
     op = Operator(connect(fake, tmp_path), "default", defaults=ClusterDefaults())
     for _ in range(3):
         op.cycle()
-    assert fake.creates[render.job_name(sft)] == 1
+    assert fake.creates[_name(plan, sft)] == 1
     assert _status(fake, "exp-a")["stages"][sft] == _status(fake, "exp-b")["stages"][sft] == "running"
     base_eval = next(s for s in _plan(a).stages.values() if s.kind == "eval" and not s.parents).id
     # cancel exp-b: its jobs stop, except those exp-a still needs (sft and the base eval)
     fake.store[EXPERIMENTS][("default", "exp-b")]["metadata"]["annotations"] = {"sftrl.io/cancel": "true"}
     op.cycle()
     assert _status(fake, "exp-b")["phase"] == "Cancelled"
-    assert fake.get(JOBS, "default", render.job_name(sft)) is not None
-    assert fake.get(JOBS, "default", render.job_name(base_eval)) is not None
+    assert fake.get(JOBS, "default", _name(plan, sft)) is not None
+    assert fake.get(JOBS, "default", _name(plan, base_eval)) is not None
     fake.store[EXPERIMENTS][("default", "exp-a")]["metadata"]["annotations"] = {"sftrl.io/cancel": "true"}
     op.cycle()
-    assert fake.get(JOBS, "default", render.job_name(sft)) is None
+    assert fake.get(JOBS, "default", _name(plan, sft)) is None
     assert _status(fake, "exp-a")["phase"] == "Cancelled"
 
 
@@ -128,13 +136,13 @@ def test_retry_after_infrastructure_failure_and_stop_after_code_failure(fake, tm
     plan = _plan(spec)
     sft = next(s for s in plan.stages.values() if s.kind == "sft").id
     rl = next(s for s in plan.stages.values() if s.kind == "rl" and not s.parents).id
-    fake.exit_codes = {render.job_name(sft): 200, render.job_name(rl): 1}
+    fake.exit_codes = {_name(plan, sft): 200, _name(plan, rl): 1}
     submit(fake, "demo", spec)
     _drive(Operator(connect(fake, tmp_path), "default", defaults=ClusterDefaults()), fake)
     st = _status(fake)
     assert st["phase"] == "Failed"
-    assert st["stages"][sft] == "succeeded" and fake.creates[render.job_name(sft, 2)] == 1  # second attempt
-    assert st["stages"][rl] == "failed" and render.job_name(rl, 2) not in fake.creates  # exit 1: no retry
+    assert st["stages"][sft] == "succeeded" and fake.creates[_name(plan, sft, 2)] == 1  # second attempt
+    assert st["stages"][rl] == "failed" and _name(plan, rl, 2) not in fake.creates  # exit 1: no retry
     downstream = [s for s, v in plan.stages.items() if rl in v.parents]
     assert downstream and all(st["stages"][s] == "pending" for s in downstream)
     assert st["counts"]["failed"] == 1
@@ -156,8 +164,9 @@ def test_invalid_spec_is_reported_on_status_and_as_event(fake, tmp_path):
 
 def test_permanent_api_error_becomes_degraded_condition(fake, tmp_path):
     spec = tiny_spec(f"file://{tmp_path}/store")
-    first = next(iter(_plan(spec).stages))
-    fake.reject_creates[render.job_name(first)] = (403, "admission webhook denied the request: no GPUs for you")
+    plan = _plan(spec)
+    first = next(iter(plan.stages))
+    fake.reject_creates[_name(plan, first)] = (403, "admission webhook denied the request: no GPUs for you")
     submit(fake, "demo", spec)
     op = Operator(connect(fake, tmp_path), "default", defaults=ClusterDefaults())
     op.cycle()
@@ -183,7 +192,289 @@ def test_cluster_defaults_fill_what_the_experiment_leaves_out(fake, tmp_path):
     assert c["command"][-1].startswith(f"file://{tmp_path}/cluster/stages/")
 
 
-# --- SIGKILL at random points ----------------------------------------------------------------------------
+# --- durability: TTL, garbage collection, lingering deletion, conflicts ------------------------------------
+
+
+def _cycle_for(op, seconds, pause=0.03):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        op.cycle()
+        time.sleep(pause)
+
+
+def test_a_ttl_deleted_failed_job_is_never_recreated(fake, tmp_path):
+    fake.ttl_seconds = 0.3  # the training operator deletes finished jobs 0.3 s after they end
+    spec = tiny_spec(f"file://{tmp_path}/store", execution={"max_parallel": 4, "max_attempts": 2, "backoff_seconds": 0})
+    plan = _plan(spec)
+    sft = next(s for s in plan.stages.values() if s.kind == "sft").id
+    rl = next(s for s in plan.stages.values() if s.kind == "rl" and not s.parents).id
+    fake.stage_exit_codes = {rl: 1, sft: 200}  # rl: a code failure; sft: infrastructure, every attempt
+    submit(fake, "demo", spec)
+    op = Operator(connect(fake, tmp_path), "default", defaults=ClusterDefaults())
+    _drive(op, fake)
+    assert _status(fake)["phase"] == "Failed"
+    _cycle_for(op, 2.0)  # long after every job is gone
+    gone = {name for name, why, _ in fake.gone if why == "ttl"}
+    assert _name(plan, rl) in gone and _name(plan, sft, 2) in gone
+    st = _status(fake)
+    assert st["phase"] == "Failed" and st["stages"][rl] == st["stages"][sft] == "failed"
+    assert st["attempts"][rl] == {"attempt": 1, "state": "failed", "retryable": False, "exitCode": 1,
+                                  "reason": "PyTorchJobFailed", "finishedAt": st["attempts"][rl]["finishedAt"]}
+    assert st["attempts"][sft]["attempt"] == 2 and st["attempts"][sft]["reason"] == "BackoffLimitExceeded"
+    assert fake.creates[_name(plan, rl)] == 1 and _name(plan, rl, 2) not in fake.creates  # code failure: once
+    assert _name(plan, sft, 3) not in fake.creates  # max_attempts 2, whatever the TTL deleted
+    assert all(len(uids) == 1 for uids in fake.created_uids.values())
+    phases = [h.get("phase") for h in fake.status_history["demo"]]
+    assert "Running" not in phases[phases.index("Failed"):]  # a Failed experiment stays Failed
+
+
+def test_an_experiment_submitted_later_inherits_a_shared_stage_s_failure(fake, tmp_path):
+    fake.ttl_seconds = 0.2
+    store = f"file://{tmp_path}/store"
+    a, b = tiny_spec(store, methods=["sft"]), tiny_spec(store, methods=["sft+grpo"])
+    plan = _plan(a)
+    sft = next(s for s in plan.stages.values() if s.kind == "sft").id
+    fake.stage_exit_codes = {sft: 1}
+    submit(fake, "exp-a", a)
+    op = Operator(connect(fake, tmp_path), "default", defaults=ClusterDefaults())
+    _drive(op, fake, names=("exp-a",))
+    _cycle_for(op, 0.6)
+    assert _name(plan, sft) in {name for name, why, _ in fake.gone}
+    submit(fake, "exp-b", b)  # needs the same sft stage, whose job has expired
+    _drive(op, fake, names=("exp-b",))
+    assert _status(fake, "exp-b")["stages"][sft] == "failed" and fake.creates[_name(plan, sft)] == 1
+    assert _status(fake, "exp-b")["attempts"][sft]["exitCode"] == 1  # now recorded in exp-b too
+
+
+def test_deleting_an_experiment_garbage_collects_its_jobs_but_not_shared_ones(fake, tmp_path):
+    fake.job_seconds = 3600
+    store = f"file://{tmp_path}/store"
+    a, b = tiny_spec(store, methods=["sft"]), tiny_spec(store, methods=["grpo"])
+    plan_a, plan_b = _plan(a), _plan(b)
+    submit(fake, "exp-a", a)
+    submit(fake, "exp-b", b)
+    op = Operator(connect(fake, tmp_path), "default", defaults=ClusterDefaults())
+    for _ in range(3):
+        op.cycle()
+    shared = set(plan_a.stages) & set(plan_b.stages)
+    only_a = set(plan_a.stages) - shared
+    live = {j["metadata"]["name"]: j for j in fake.objects(JOBS)}
+    uid = {n: fake.get(EXPERIMENTS, "default", n)["metadata"]["uid"] for n in ("exp-a", "exp-b")}
+    for sid in shared:  # the base eval: needed by both, owned by both
+        assert {r["uid"] for r in live[_name(plan_a, sid)]["metadata"]["ownerReferences"]} == set(uid.values())
+    started_a = [sid for sid in only_a if _name(plan_a, sid) in live]
+    assert started_a
+    fake.delete(EXPERIMENTS, ("default", "exp-a"), "deleted")
+    assert _wait(lambda: all(fake.get(JOBS, "default", _name(plan_a, sid)) is None for sid in started_a))
+    assert all(fake.get(JOBS, "default", _name(plan_a, sid)) is not None for sid in shared)
+    assert {why for _, why, _ in fake.gone} == {"garbage-collected"}
+    fake.delete(EXPERIMENTS, ("default", "exp-b"), "deleted")
+    assert _wait(lambda: fake.objects(JOBS) == [])
+
+
+def _wait(pred, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_job_deleted_by_hand_lingers_and_only_then_is_retried(fake, tmp_path):
+    fake.job_seconds, fake.terminating_seconds = 3600, 1.0
+    spec = tiny_spec(f"file://{tmp_path}/store", methods=["sft"])
+    plan = _plan(spec)
+    sft = next(s for s in plan.stages.values() if s.kind == "sft").id
+    submit(fake, "demo", spec)
+    op = Operator(connect(fake, tmp_path), "default", defaults=ClusterDefaults())
+    for _ in range(3):
+        op.cycle()
+    fake.delete(JOBS, ("default", _name(plan, sft)), "deleted")  # `kubectl delete pytorchjob ...`
+    _cycle_for(op, 0.5)
+    assert fake.get(JOBS, "default", _name(plan, sft))["metadata"]["deletionTimestamp"]
+    assert _name(plan, sft, 2) not in fake.creates  # its pods may still write: nothing new yet
+    assert _wait(lambda: op.cycle() and _name(plan, sft, 2) in fake.creates, timeout=15)
+    assert fake.overlaps == []
+    assert _status(fake)["attempts"][sft]["attempt"] == 2
+
+
+def test_status_writes_are_conditional_and_survive_conflicts(fake, tmp_path):
+    fake.status_conflict_rate = 0.3  # another writer wins a third of the writes
+    fake.ttl_seconds = 0.5
+    spec = tiny_spec(f"file://{tmp_path}/store")
+    plan = _plan(spec)
+    rl = next(s for s in plan.stages.values() if s.kind == "rl" and not s.parents).id
+    fake.stage_exit_codes = {rl: 1}
+    submit(fake, "demo", spec)
+    op = Operator(connect(fake, tmp_path), "default", defaults=ClusterDefaults())
+    _drive(op, fake, cycles=600)
+    _cycle_for(op, 1.5)
+    patches = [r for r in fake.calls() if r.verb == "patch" and r.resource == "experiments/status"]
+    assert any(r.status == 409 for r in patches) and any(r.status == 200 for r in patches)
+    st = _status(fake)
+    assert st["phase"] == "Failed" and st["attempts"][rl]["exitCode"] == 1 and fake.overlaps == []
+    assert all(len(uids) == 1 for uids in fake.created_uids.values())
+
+
+# --- killed at random points: in-process crashes at every API call, and real SIGKILLs --------------------
+
+
+class _Crash(BaseException):
+    """The operator process dies here: every in-memory state is lost."""
+
+
+def _crashing_api(server, tmp, crash_at, rng, where, unheard):
+    from controller.kubernetes import executor as k8s
+
+    client, _ = k8s.connect(str(server.write_kubeconfig(tmp / "kubeconfig")))
+
+    class CrashingApi(k8s.KubeApi):
+        n = 0
+
+        def _call(self, what, fn, *args, **kw):
+            self.n += 1
+            if self.n != crash_at:
+                return super()._call(what, fn, *args, **kw)
+            if rng.random() < 0.5:  # before the request left
+                where.append(what)
+                raise _Crash(what)
+            try:
+                super()._call(what, fn, *args, **kw)  # done on the server; the answer (or error) is lost
+            except Exception:  # noqa: BLE001
+                pass
+            where.append(what)
+            if what == "create pytorchjob":  # whatever it answered (201, 409), nobody heard it
+                unheard.append(args[-1].metadata.name)
+            raise _Crash(what)
+
+    return CrashingApi(client, backoff_s=0.01)
+
+
+def _replay(tmp: Path, seed: int | None, crashes: int = 6):
+    """One run of a 13-stage experiment, its operator crashing `crashes` times at random API calls."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    fake = FakeKubeApiServer(job_seconds=0.1, start_delay=0.1, transient_rate=0.05, ambiguous_create_rate=0.1,
+                             seed=seed or 0, ttl_seconds=0.6).start()
+    spec = tiny_spec(f"file://{tmp}/store", seeds=[0, 1],
+                     execution={"max_parallel": 4, "max_attempts": 10, "backoff_seconds": 0})
+    plan = _plan(spec)
+    sft = next(s.id for s in plan.stages.values() if s.kind == "sft")
+    rl = next(s.id for s in plan.stages.values() if s.kind == "rl" and not s.parents)
+    fake.exit_codes = {_name(plan, sft): 200}  # infrastructure: its first attempt only
+    fake.stage_exit_codes = {rl: 1}  # code: every attempt
+    submit(fake, "demo", spec)
+    rng = random.Random(seed)
+    seen_phases: set[str] = set()
+    where: list[str] = []
+    unheard: list[str] = []  # creates whose answer died with the operator
+    adopted: list[str] = []
+    end = time.monotonic() + 120
+    try:
+        with _LogCapture("sftrl.k8s") as logs:
+            left = crashes if seed is not None else 0
+            while time.monotonic() < end and _status(fake).get("phase") not in TERMINAL:
+                crash_at = rng.randint(1, 12) if left > 0 else None
+                op = Operator(_crashing_api(fake, tmp, crash_at, rng, where, unheard), "default",
+                              defaults=ClusterDefaults())
+                try:
+                    while time.monotonic() < end and _status(fake).get("phase") not in TERMINAL:
+                        op.cycle()
+                        time.sleep(0.01)
+                except _Crash:
+                    left -= 1
+                    seen_phases |= {fake._phase(j) for j in fake.objects(JOBS)} | ({"Gone"} if fake.gone else set())
+                except ApiUnavailable:
+                    pass
+            op = Operator(_crashing_api(fake, tmp, None, rng, where, unheard), "default", defaults=ClusterDefaults())
+            _cycle_for(op, 1.0, pause=0.01)  # every finished job expires: nothing may come back
+            adopted = [m.split()[3] for m in logs.messages if m.startswith("adopted existing PyTorchJob")] + unheard
+    finally:
+        fake.stop()
+    return fake, plan, seen_phases, where, adopted
+
+
+class _LogCapture:
+    def __init__(self, name):
+        self.logger, self.messages = logging.getLogger(name), []
+        outer = self
+
+        class H(logging.Handler):
+            def emit(self, record):
+                outer.messages.append(record.getMessage())
+
+        self.handler = H(level=logging.INFO)
+
+    def __enter__(self):
+        self.level = self.logger.level
+        self.logger.setLevel(logging.INFO)
+        self.logger.addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.level)
+
+
+def _outcome(st):
+    """The status a run ends with, less what a crash may legitimately change: attempt numbers (a
+    launch recorded but never created counts as a lost attempt) and timestamps."""
+    return {"phase": st.get("phase"), "stages": st.get("stages"), "counts": st.get("counts"),
+            "attempts": {s: {k: v for k, v in a.items() if k in ("state", "retryable", "exitCode", "reason")}
+                         for s, a in (st.get("attempts") or {}).items()},
+            "conditions": [{k: c[k] for k in ("type", "status", "reason")} for c in st.get("conditions") or []]}
+
+
+def _never_twice_never_lost(fake, plan, adopted=None):
+    assert fake.overlaps == []  # never two live jobs of one stage
+    assert fake.config_missing_at_create == []  # stage.json always written before the job
+    assert all(len(uids) == 1 for uids in fake.created_uids.values()), fake.created_uids  # no name reused
+    for name, uid in fake.conflicted:  # every 409 was answered by the one job of that name: adopted
+        assert fake.created_uids[name] == [uid]
+        if adopted is not None:
+            assert name in adopted, (name, adopted)
+    done: set[str] = set()
+    failed_for_good: set[str] = set()
+    terminal = False
+    for st in fake.status_history["demo"]:
+        now = {s for s, v in (st.get("stages") or {}).items() if v == "succeeded"}
+        assert done <= now  # a finished stage is never lost
+        done = now
+        gave_up = {s for s, a in (st.get("attempts") or {}).items() if a["state"] == "failed" and not a["retryable"]}
+        assert failed_for_good <= gave_up | now
+        failed_for_good = gave_up
+        terminal = terminal or st.get("phase") in TERMINAL
+        assert not terminal or st.get("phase") in TERMINAL  # a final phase stays final
+    _rbac_ok(fake)
+
+
+def test_operator_crashing_at_random_api_calls_ends_like_an_uninterrupted_run(tmp_path):
+    """Many seeds, each with six crashes at random API calls (before the request or after it was
+    served), until crashes have hit every job phase and every kind of call; TTL deletes every
+    finished job. Each run must end exactly like the uninterrupted one."""
+    calm, plan, _, _, _ = _replay(tmp_path / "calm", None)
+    _never_twice_never_lost(calm, plan)
+    want = _outcome(_status(calm))
+    assert want["phase"] == "Failed" and want["counts"]["failed"] == 1
+    phases, calls, adoptions = set(), set(), 0
+    needed_phases = {"Created", "Running", "Restarting", "Succeeded", "Failed", "Gone"}
+    needed_calls = {"list experiments", "list pytorchjobs", "create pytorchjob", "patch experiment status",
+                    "create event"}
+    seeds = 0
+
+    def covered():
+        return needed_phases <= phases and needed_calls <= calls and adoptions > 0
+
+    while seeds < 6 or (not covered() and seeds < 40):
+        fake, plan, seen, where, adopted = _replay(tmp_path / f"seed{seeds}", seeds)
+        assert _outcome(_status(fake)) == want, f"seed {seeds}: crashes at {where}"
+        _never_twice_never_lost(fake, plan, adopted)
+        phases |= seen
+        calls |= set(where)
+        adoptions += len(fake.conflicted)
+        seeds += 1
+    assert covered(), (seeds, phases, calls, adoptions)
+    print(f"{seeds} seeds, {adoptions} adopted jobs, crashes in phases {sorted(phases)} at calls {sorted(calls)}")
 
 
 def _operator_proc(kubeconfig: Path, log: Path) -> subprocess.Popen:
@@ -196,12 +487,13 @@ def _operator_proc(kubeconfig: Path, log: Path) -> subprocess.Popen:
 
 def _whole_run(tmp: Path, kill_seed: int | None, deadline_s: float = 90.0):
     fake = FakeKubeApiServer(job_seconds=0.25, start_delay=0.05, transient_rate=0.05, ambiguous_create_rate=0.1,
-                             seed=7).start()
+                             seed=7, ttl_seconds=3.0).start()
     spec = tiny_spec(f"file://{tmp}/store", seeds=[0, 1])
     plan = _plan(spec)
     sft = [s.id for s in plan.stages.values() if s.kind == "sft"]
     rl = next(s.id for s in plan.stages.values() if s.kind == "rl" and not s.parents)
-    fake.exit_codes = {render.job_name(sft[0]): 200, render.job_name(rl): 1}
+    fake.exit_codes = {_name(plan, sft[0]): 200}
+    fake.stage_exit_codes = {rl: 1}
     submit(fake, "demo", spec)
     kc = fake.write_kubeconfig(tmp / "kubeconfig")
     rng = random.Random(kill_seed)
@@ -220,6 +512,7 @@ def _whole_run(tmp: Path, kill_seed: int | None, deadline_s: float = 90.0):
             proc = _operator_proc(kc, tmp / "operator.log")
         while time.monotonic() < end and _status(fake).get("phase") not in TERMINAL:
             time.sleep(0.05)
+        time.sleep(4.0)  # every finished job expires (TTL 3 s) while the operator runs on
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -229,30 +522,21 @@ def _whole_run(tmp: Path, kill_seed: int | None, deadline_s: float = 90.0):
     if kill_seed is not None:  # jobs were created by several operator processes, not one lucky one
         lives = log.split("watching Experiments")[1:]
         assert sum("created sftrl-" in life for life in lives) >= 2, log[-3000:]
-    return fake, plan, kills
+    adopted = re.findall(r"adopted existing PyTorchJob (\S+)", log)
+    return fake, plan, kills, adopted
 
 
 def test_operator_killed_at_random_points_ends_like_an_uninterrupted_run(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    calm, plan, _ = _whole_run(tmp_path / "a", kill_seed=None)
-    killed, _, kills = _whole_run(tmp_path / "b", kill_seed=2024)
+    calm, plan, _, calm_adopted = _whole_run(tmp_path / "a", kill_seed=None)
+    killed, _, kills, adopted = _whole_run(tmp_path / "b", kill_seed=2024)
     assert kills == 4
-    for fake in (calm, killed):
-        assert max(fake.creates.values()) == 1  # never two successful creates of one name
-        assert fake.config_missing_at_create == []  # stage.json always written before the job
-        _rbac_ok(fake)
-        # never loses a finished stage: once succeeded in a written status, always succeeded
-        done: set[str] = set()
-        for st in fake.status_history["demo"]:
-            now = {s for s, v in (st.get("stages") or {}).items() if v == "succeeded"}
-            assert done <= now
-            done = now
-    assert _status(killed) == _status(calm) | {"conditions": _status(killed)["conditions"]}
+    _never_twice_never_lost(calm, plan, calm_adopted)
+    _never_twice_never_lost(killed, plan, adopted)
+    assert {n for n, why, _ in killed.gone if why == "ttl"}  # and jobs did expire
+    assert _outcome(_status(killed)) == _outcome(_status(calm))
     assert _status(killed)["phase"] == "Failed" and _status(killed)["counts"]["failed"] == 1
-    assert set(killed.creates) == set(calm.creates)
-    assert [{k: c[k] for k in ("type", "status", "reason")} for c in _status(killed)["conditions"]] == \
-           [{k: c[k] for k in ("type", "status", "reason")} for c in _status(calm)["conditions"]]
     for sid, stage in plan.stages.items():
         assert storage.is_complete(str(stage.config.output).replace(str(tmp_path / "a"), str(tmp_path / "b"))) == \
                (_status(killed)["stages"][sid] == "succeeded")
@@ -295,7 +579,7 @@ def test_submit_status_logs_cancel(fake, tmp_path, capsys, monkeypatch):
                    for line in table.splitlines()), table
     sid = next(iter(plan.stages))
     assert _cli("logs", "demo", sid[:8]) == 0
-    assert f"{render.job_name(sid)}: exit 0" in capsys.readouterr().out
+    assert f"{_name(plan, sid)}: exit 0" in capsys.readouterr().out
     assert _cli("cancel", "demo") == 0
     assert fake.get(EXPERIMENTS, "default", "demo")["metadata"]["annotations"] == {"sftrl.io/cancel": "true"}
     capsys.readouterr()
@@ -354,9 +638,8 @@ def test_healthz_tracks_cycles_even_without_experiments(fake, tmp_path):
 def test_docstring_examples():
     import doctest
 
-    from controller.kubernetes import operator, render
-    from controller.kubernetes import executor as k8s
+    from controller.kubernetes import attempts, operator, render
 
-    for mod in (render, k8s, operator):
+    for mod in (render, attempts, operator):
         result = doctest.testmod(mod)
         assert result.failed == 0 and result.attempted > 0, mod.__name__
