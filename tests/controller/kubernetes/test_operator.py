@@ -216,6 +216,7 @@ def test_a_ttl_deleted_failed_job_is_never_recreated(fake, tmp_path):
     _cycle_for(op, 2.0)  # long after every job is gone
     gone = {name for name, why, _ in fake.gone if why == "ttl"}
     assert _name(plan, rl) in gone and _name(plan, sft, 2) in gone
+    assert all(len(uids) == 1 for uids in fake.created_uids.values()), fake.created_uids  # none recreated
     st = _status(fake)
     assert st["phase"] == "Failed" and st["stages"][rl] == st["stages"][sft] == "failed"
     assert st["attempts"][rl] == {"attempt": 1, "state": "failed", "retryable": False, "exitCode": 1,
