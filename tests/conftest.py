@@ -13,6 +13,10 @@ from pathlib import Path
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# boto3 probes the EC2 instance metadata address (169.254.169.254) when it finds no credentials:
+# only loopback may be contacted here, and a test without credentials must fail fast, not wait.
+# Set before any test (and inherited by every process a test starts).
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
