@@ -41,7 +41,7 @@ def experiment(tmp_path: Path, storage_uri: str, methods: list[str], max_paralle
     s.update(storage=storage_uri, scales=[16], methods=methods)
     s["data"][0]["heldout"] = "builtin://synthetic/test?n=8&seed=1"
     s["sft"].update(epochs=1)
-    s["rl"].update(epochs=1, global_batch_size=4, per_device_batch_size=16, max_completion_length=8,
+    s["rl"].update(epochs=1, global_batch_size=4, mini_batch_size=4, per_device_batch_size=16, max_completion_length=8,
                    heldout_every_steps=2, heldout_size=8)
     s["eval"].update(limit=8, max_new_tokens=8)
     s["execution"]["max_parallel"] = max_parallel
