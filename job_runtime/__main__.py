@@ -55,10 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.kind != args.kind:
         log.error("stage %s is a %s stage, but was started as %s. Start it as `%s`.", cfg.id, cfg.kind, args.kind, cfg.kind)
         return EXIT_CONFIG
-    stage = importlib.import_module(f"job_runtime.stages.{cfg.kind}")
     log.info("stage %s (%s) -> %s", cfg.id, cfg.kind, cfg.output)
     try:
+        # the lease first (a launcher's hand-over is adopted at once), then the training stack's imports
         with lease.hold(cfg.output, note=f"{cfg.kind} stage {cfg.id}"):
+            stage = importlib.import_module(f"job_runtime.stages.{cfg.kind}")
             stage.run(cfg)
     except lease.LeaseLost as e:
         log.error("%s; not running stage %s, because another writer owns it", e, cfg.id)
