@@ -176,6 +176,8 @@ class _Progress:
             _say(f"{t} start  {what}  attempt {info['attempt']}  log: {info['log']}")
         elif event == "succeeded":
             _say(f"{t} done   {what}  in {info['seconds']:.0f}s")
+        elif event == "waiting":  # another writer holds the stage's lease
+            _say(f"{t} wait   {what}  held elsewhere: {info['why']}")
         elif event == "failed":
             status_mod.record_failure(st.config.output, info["log"], info["tail"], info["returncode"])
             again = "will retry" if info["retryable"] else "not retryable"

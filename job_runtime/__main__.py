@@ -2,7 +2,11 @@
 
 The stage reads its stage.json and nothing else but credentials and launcher variables. Exit codes
 follow contract.EXIT_*: 0 done, 1 a code or data failure, 2 an invalid config, 200 a retryable
-infrastructure failure (the training operator's ExitCode policy retries 128-255 only).
+infrastructure failure (the training operator's ExitCode policy retries 128-255 only), 201 the
+stage's lease belongs to another live writer.
+
+The stage runs holding its lease (job_runtime/io/lease.py): at most one process writes a stage's
+output at a time, whoever started it (`sftrl run`, a Kubernetes pod, a person).
 
 `python -m job_runtime score BENCHMARK --input rows.jsonl --output scored.jsonl` re-scores saved
 generations without a model.
@@ -17,8 +21,8 @@ import sys
 
 from pydantic import ValidationError
 
-from job_runtime.io import scratch, storage
-from job_runtime.contract import EXIT_CONFIG, EXIT_FAILED, EXIT_RETRYABLE, STAGE_KINDS, StageConfig
+from job_runtime.io import lease, scratch, storage
+from job_runtime.contract import EXIT_CONFIG, EXIT_FAILED, EXIT_LEASE, EXIT_RETRYABLE, STAGE_KINDS, StageConfig
 from job_runtime.errors import StageError
 
 
@@ -53,11 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.kind != args.kind:
         log.error("stage %s is a %s stage, but was started as %s. Start it as `%s`.", cfg.id, cfg.kind, args.kind, cfg.kind)
         return EXIT_CONFIG
-    stage = importlib.import_module(f"job_runtime.stages.{cfg.kind}")
     log.info("stage %s (%s) -> %s", cfg.id, cfg.kind, cfg.output)
-    storage.clear_failure(cfg.output)
     try:
-        stage.run(cfg)
+        # the lease first (a launcher's hand-over is adopted at once), then the training stack's imports
+        with lease.hold(cfg.output, note=f"{cfg.kind} stage {cfg.id}"):
+            storage.clear_failure(cfg.output)  # only the lease holder may touch the stage's records
+            stage = importlib.import_module(f"job_runtime.stages.{cfg.kind}")
+            stage.run(cfg)
+    except lease.LeaseLost as e:
+        log.error("%s; not running stage %s, because another writer owns it", e, cfg.id)
+        return EXIT_LEASE
     except storage.StorageUnavailable as e:
         log.error("%s", e)
         storage.write_failure(cfg.output, error=str(e).splitlines()[0], exit_code=EXIT_RETRYABLE)

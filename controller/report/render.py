@@ -86,7 +86,7 @@ def _row_head(r: Row) -> list[str]:
 def text_table(table: Table, mm_cols: Sequence[str] = (), width: int | None = None, failed_runs: Collection[str] = ()) -> str:
     """The table as aligned plain text, as detailed as ``width`` allows; best marked ``*``."""
     width = width or shutil.get_terminal_size((100, 24)).columns
-    legend = "* best in column (per model); [..] 95% bootstrap interval over items; ±std over seeds; pending: not evaluated yet"
+    legend = "* best in column (per model); [..] 95% interval (Wilson); ±std over seeds; pending: not evaluated yet"
     if failed_runs:
         legend += "; failed: a stage of the run failed"
     if not table.blocks:
@@ -148,7 +148,7 @@ def blocks(rep: Report, images: dict[str, str]) -> list[Block]:
         out.append(("p", f"This experiment is not finished: {waiting} run(s) are not evaluated yet, and their cells read "
                          "'pending' (never counted as zero). Re-run `sftrl report` once they finish."))
     mm = "'MM avg' is the mean over the multimodal math benchmarks. " if MM_AVG in rep.main.columns else ""
-    out += [("h", 2, "Main results"), ("p", f"Accuracy (%) per benchmark; {mm}One seed: score [95% bootstrap interval over items]. Several seeds: mean ± std (min–max). Bold: best in the column for that model.")]
+    out += [("h", 2, "Main results"), ("p", f"Accuracy (%) per benchmark; {mm}One seed: score [95% Wilson interval over items]. Several seeds: mean ± std (min–max). Bold: best in the column for that model.")]
     for model in rep.main.blocks:
         out += [("h", 3, model), _table_block(rep.main, model, failed_runs)]
     if rep.transfer.columns:
@@ -169,10 +169,10 @@ def blocks(rep: Report, images: dict[str, str]) -> list[Block]:
     out += [("h", 2, "Progress"), ("p", "Stage states from storage: done (a _SUCCESS manifest whose files all have their recorded sizes), failed (the last attempt failed: see Failed stages), incomplete (a manifest its files do not match: it will run again), started (files but no _SUCCESS: running, or stopped), waiting (nothing yet)."),
             ("table", ["run", "stages in order: kind id: state"], [[run, ", ".join(f"{s.kind} {s.id}: {s.state}" for s in st)] for run, st in rep.stages.items()])]
     out += [("h", 2, "Method"), ("ul", [
-        f"Intervals: {int(100 * (1 - rep.cfg.alpha))}% percentile bootstrap over items ({rep.cfg.n_resamples} resamples, numpy seed {rep.cfg.seed}); averages resample each benchmark separately; differences resample items jointly.",
+        f"Intervals ({int(100 * (1 - rep.cfg.alpha))}%), honest at 0% and 100%: an accuracy's is the Wilson score interval; an average over benchmarks draws each benchmark's accuracy from its Jeffreys posterior ({rep.cfg.n_resamples} draws, numpy seed {rep.cfg.seed}); a paired difference A−B uses Newcombe's score interval for paired proportions (method 10).",
         "Seeds: mean, sample standard deviation (ddof=1) and min–max over the seeds that finished.",
         f"Pairs: exact McNemar test (two-sided binomial on the discordant items); a difference is claimed only when p < {rep.cfg.alpha}. 'MM pooled' tests the items of all multimodal benchmarks together. Holm-adjusted p-values are listed in pairs.csv.",
-        "Interval and test are two methods: the A−B interval is a percentile bootstrap over all items, the verdict is the exact McNemar test on the discordant items only. The exact test is conservative, so near the threshold the interval can exclude 0 while p >= "
+        "Interval and test are two methods: the A−B interval is Newcombe's score interval, the verdict is the exact McNemar test on the discordant items only. The exact test is conservative, so near the threshold the interval can exclude 0 while p >= "
         f"{rep.cfg.alpha}; the verdict always follows the test, and such rows say so.",
         "Scores are each eval stage's results.json headline (the benchmark's official metric); items come from samples.jsonl. Where a headline is not plain item accuracy (e.g. We-Math's strict score) it has no item interval, and paired tests compare item accuracy. Only stages whose _SUCCESS manifest matches their files are read.",
     ])]
@@ -220,14 +220,14 @@ def _pair_blocks(rep: Report) -> list[Block]:
 
 
 def verdict_text(p: Any, alpha: float) -> str:
-    """The pair's verdict, saying so when its bootstrap interval excludes 0 but the exact test does not reject.
+    """The pair's verdict, saying so when its interval excludes 0 but the exact test does not reject.
 
     >>> from controller.report.stats import PairResult
     >>> verdict_text(PairResult("m", "d", 1, 0, "sft", "grpo", "b", "ok", lo=0.01, hi=0.09, p=0.07, verdict="no significant difference"), 0.05)
-    'no significant difference (exact test p = 0.07; the bootstrap interval excludes 0, see Method)'
+    'no significant difference (exact test p = 0.07; the interval excludes 0, see Method)'
     """
     if p.p is not None and p.p >= alpha and p.lo is not None and p.hi is not None and (p.lo > 0 or p.hi < 0):
-        return f"{p.verdict} (exact test p = {p.p:.2g}; the bootstrap interval excludes 0, see Method)"
+        return f"{p.verdict} (exact test p = {p.p:.2g}; the interval excludes 0, see Method)"
     return p.verdict
 
 
@@ -374,7 +374,7 @@ def slug(s: str) -> str:
 
 
 def _err(v: Value) -> tuple[float, float]:
-    """Error bar below/above in points: the bootstrap interval (one seed) or ±std (seeds)."""
+    """Error bar below/above in points: the Wilson interval (one seed) or ±std (seeds)."""
     if v.lo is not None and v.hi is not None and v.mean is not None:
         return 100 * (v.mean - v.lo), 100 * (v.hi - v.mean)
     return 100 * (v.std or 0.0), 100 * (v.std or 0.0)

@@ -548,6 +548,78 @@ class S3Backend:
                     f"{first.get('Message')} (e.g. {first.get('Key')}). Check s3:DeleteObject on bucket '{bucket}'."
                 )
 
+    # --- conditional writes (leases): S3's If-None-Match / If-Match, the ETag as the version -------
+
+    def create_if_absent(self, uri: str, data: bytes) -> str | None:
+        bucket, key = self._bucket(uri)
+
+        def put() -> str | None:
+            try:
+                return str(self.client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")["ETag"])
+            except bex.ClientError as exc:
+                if _condition_failed(exc):
+                    return None
+                raise self._unsupported(exc, uri, "If-None-Match") from None
+
+        return self._retry("create", uri, put)
+
+    def read_versioned(self, uri: str) -> tuple[bytes, str] | None:
+        bucket, key = self._bucket(uri)
+
+        def get() -> tuple[bytes, str] | None:
+            try:
+                resp = self.client.get_object(Bucket=bucket, Key=key)
+            except bex.ClientError as exc:
+                if _status(exc) == "404" or str(exc.response.get("Error", {}).get("Code")) in _NOT_FOUND:
+                    return None
+                raise
+            return resp["Body"].read(), str(resp["ETag"])
+
+        return self._retry("read", uri, get)
+
+    def replace_if_version(self, uri: str, data: bytes, version: str) -> str | None:
+        bucket, key = self._bucket(uri)
+
+        def put() -> str | None:
+            try:
+                return str(self.client.put_object(Bucket=bucket, Key=key, Body=data, IfMatch=version)["ETag"])
+            except bex.ClientError as exc:
+                if _condition_failed(exc) or _status(exc) == "404":
+                    return None
+                raise self._unsupported(exc, uri, "If-Match") from None
+
+        return self._retry("replace", uri, put)
+
+    def delete_if_version(self, uri: str, version: str) -> bool:
+        bucket, key = self._bucket(uri)
+
+        def delete() -> bool:
+            try:
+                self.client.delete_object(Bucket=bucket, Key=key, IfMatch=version)
+                return True
+            except bex.ClientError as exc:
+                if _condition_failed(exc) or _status(exc) == "404":
+                    return False
+                raise self._unsupported(exc, uri, "If-Match") from None
+
+        return self._retry("delete", uri, delete)
+
+    def _unsupported(self, exc: bex.ClientError, uri: str, header: str) -> BaseException:
+        """A store that does not implement conditional writes says so once, clearly."""
+        if _status(exc) in ("501", "400") and "NotImplemented" in str(exc.response.get("Error", {}).get("Code", "")):
+            return StorageError(
+                f"S3 endpoint {self.endpoint} does not support conditional writes ({header}), which stage leases "
+                f"need to keep two writers out of {uri}. Use a store that supports them (AWS S3, MinIO, Ceph RGW), "
+                "or set SFTRL_LEASES=off to run without leases (then never run two `sftrl run` of one experiment)."
+            )
+        return exc
+
+
+def _condition_failed(exc: bex.ClientError) -> bool:
+    """412 PreconditionFailed, or 409 ConditionalRequestConflict (a concurrent conditional write won)."""
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    return _status(exc) == "412" or code in ("PreconditionFailed", "ConditionalRequestConflict")
+
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()).rstrip(".") or type(exc).__name__

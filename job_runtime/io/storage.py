@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 from urllib.parse import urlparse
@@ -38,6 +39,12 @@ class Backend(Protocol):
     def upload_file(self, local: Path, uri: str) -> None: ...
     def download_file(self, uri: str, local: Path) -> None: ...
     def delete_prefix(self, uri: str) -> None: ...
+    # Conditional writes (compare-and-swap on one small object; leases use them). A version is an
+    # opaque token of one stored content: a sha256 on file://, the ETag on s3://.
+    def create_if_absent(self, uri: str, data: bytes) -> str | None: ...
+    def read_versioned(self, uri: str) -> tuple[bytes, str] | None: ...
+    def replace_if_version(self, uri: str, data: bytes, version: str) -> str | None: ...
+    def delete_if_version(self, uri: str, version: str) -> bool: ...
 
 
 # --- URIs -----------------------------------------------------------------------------------
@@ -164,6 +171,80 @@ class FileBackend:
         elif p.exists():
             p.unlink()
 
+    # Conditional writes: the create is atomic by link(2) (fails if the name exists, and the content is
+    # complete when the name appears); compare-and-swap runs under an flock(2) of a sibling file.
+
+    def create_if_absent(self, uri: str, data: bytes) -> str | None:
+        path = local_path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._temp_with(path, data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return None
+        except OSError:  # a filesystem without hard links: O_EXCL (content written right after)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return None
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        finally:
+            os.unlink(tmp)
+        return _digest(data)
+
+    def read_versioned(self, uri: str) -> tuple[bytes, str] | None:
+        try:
+            data = local_path(uri).read_bytes()
+        except FileNotFoundError:
+            return None
+        return data, _digest(data)
+
+    def replace_if_version(self, uri: str, data: bytes, version: str) -> str | None:
+        path = local_path(uri)
+        with _flock(path):
+            cur = self.read_versioned(uri)
+            if cur is None or cur[1] != version:
+                return None
+            os.replace(self._temp_with(path, data), path)
+        return _digest(data)
+
+    def delete_if_version(self, uri: str, version: str) -> bool:
+        path = local_path(uri)
+        with _flock(path):
+            cur = self.read_versioned(uri)
+            if cur is None or cur[1] != version:
+                return False
+            path.unlink()
+        return True
+
+    @staticmethod
+    def _temp_with(path: Path, data: bytes) -> str:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return tmp
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    """An exclusive flock(2) on ``.<name>.flock`` beside path (serialises compare-and-swap)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(f".{path.name}.flock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
 
 _BACKENDS: dict[str, Backend] = {}
 
@@ -246,6 +327,26 @@ def download_file(uri: str, local: str | Path) -> None:
 
 def delete_prefix(uri: str) -> None:
     backend(uri).delete_prefix(uri)
+
+
+def create_if_absent(uri: str, data: bytes) -> str | None:
+    """Write uri only if no object has that name (atomically); its version, or None if one exists."""
+    return backend(uri).create_if_absent(uri, data)
+
+
+def read_versioned(uri: str) -> tuple[bytes, str] | None:
+    """(content, version) of uri, or None when it does not exist."""
+    return backend(uri).read_versioned(uri)
+
+
+def replace_if_version(uri: str, data: bytes, version: str) -> str | None:
+    """Overwrite uri only if it still holds ``version``; the new version, or None if it changed or vanished."""
+    return backend(uri).replace_if_version(uri, data, version)
+
+
+def delete_if_version(uri: str, version: str) -> bool:
+    """Delete uri only if it still holds ``version``; False if it changed or vanished."""
+    return backend(uri).delete_if_version(uri, version)
 
 
 def upload_dir(local_dir: str | Path, uri: str, skip: tuple[str, ...] = ()) -> list[str]:

@@ -36,7 +36,7 @@ def _items(both: int, a_only: int, b_only: int, n: int = 200) -> tuple[list[bool
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     """base 30%, sft 57% (the best, on the 2nd = even row), grpo 52.5%, sft+grpo 50%; one scale;
-    sft vs grpo: 14 vs 5 discordant items, so the bootstrap interval excludes 0 but McNemar p = 0.064."""
+    sft vs grpo: 14 vs 5 discordant items, so the Newcombe interval excludes 0 but McNemar p = 0.064."""
     tmp = tmp_path_factory.mktemp("html")
     plan = saved_plan(write(tmp, methods=("sft", "grpo", "sft+grpo")))
     by_method = {r.method: r for r in plan.runs}
@@ -106,7 +106,7 @@ def test_a_verdict_says_when_interval_and_test_disagree(rendered, report):
     _, probe = rendered
     pair = next(p for p in report.report.pairs if {p.a, p.b} == {"sft", "grpo"} and p.benchmark == "synthetic")
     assert pair.lo > 0 and pair.p >= 0.05  # the situation the fixture builds
-    assert "no significant difference (exact test p = 0.064; the bootstrap interval excludes 0, see Method)" in probe["text"]
+    assert "no significant difference (exact test p = 0.064; the interval excludes 0, see Method)" in probe["text"]
     assert "the verdict always follows the test" in probe["text"]
 
 
