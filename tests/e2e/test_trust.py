@@ -153,7 +153,7 @@ def test_done_can_be_trusted(tmp_path):
     while not [d for d in scratch_folders(tmp_path) if d.name.startswith("sftrl-sft-")]:
         assert time.time() < deadline and p.poll() is None, "the stage never made its scratch folder"
         time.sleep(0.2)
-    stage_pid = int((stage_dir(tmp_path, new_sft) / ".lock").read_text())
+    stage_pid = json.loads((stage_dir(tmp_path, new_sft) / ".lease").read_text())["pid"]  # the stage adopted its lease
     os.killpg(stage_pid, signal.SIGKILL)  # the stage runs in its own session: kill it too (as an OOM or a crash would)
     p.kill()
     p.wait()
