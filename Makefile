@@ -65,6 +65,7 @@ bench: $(STAMP)
 	$(PY) bench/score_agreement.py
 	$(PY) bench/k8s_scale.py
 	$(PY) bench/gpu_train.py
+	$(PY) bench/deceptive_detector.py
 
 clean:
 	rm -rf runs .pytest_cache

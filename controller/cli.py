@@ -12,10 +12,11 @@ import sys
 import time
 
 from controller import spec as spec_mod
-from controller.plan import Plan, build_plan
+from controller import status as status_mod
+from controller.plan import Plan, build_plan, explain_changes
 from controller.reconcile import Observed, Phase, Policy, State, counts, starved
 from job_runtime.io import storage
-from job_runtime.contract import PLAN_JSON, SPEC_YAML, experiment_uri
+from job_runtime.contract import LOG_TXT, PLAN_JSON, SPEC_YAML, experiment_uri
 
 EXIT_USAGE = 2
 
@@ -32,28 +33,59 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
+def _problems(source: str, problems: list[str]) -> int:
+    print(spec_mod.SpecError(source, problems).render(), file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _notes(notes: list[str]) -> None:
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+
+
+def _preflight(exp: spec_mod.Experiment, max_parallel: int | None = None):
+    from controller import preflight
+
+    return preflight.check(exp, max_parallel=max_parallel)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     exp = _load(args.file)
     s = exp.spec
+    if not args.schema_only:
+        pre = _preflight(exp)
+        _notes(pre.notes)
+        if pre.problems:
+            return _problems(args.file, pre.problems)
+    checked = "" if args.schema_only else "; inputs, TRL keys and storage checked"
     _say(f"{args.file}: ok: experiment '{exp.metadata.name}', {len(s.models)} model(s) x {len(s.data)} data x "
-         f"{len(s.scales)} scale(s) x {len(s.methods)} method(s) x {len(s.seeds)} seed(s)")
+         f"{len(s.scales)} scale(s) x {len(s.methods)} method(s) x {len(s.seeds)} seed(s); "
+         f"storage {storage.normalize(s.storage)}{checked}")
     return 0
 
 
-def stage_done(plan: Plan) -> dict[str, bool]:
-    """Which stages have their _SUCCESS manifest (one HEAD each on S3, 16 at a time)."""
-    from concurrent.futures import ThreadPoolExecutor
+def stage_statuses(plan: Plan) -> dict[str, status_mod.StageStatus]:
+    """Every stage's status from storage; raises StorageError after the first stage that cannot be read."""
+    return status_mod.observe({sid: st.config.output for sid, st in plan.stages.items()})
 
-    outputs = {sid: st.config.output for sid, st in plan.stages.items()}
-    if storage.is_local(plan.root):
-        return {sid: storage.is_complete(out) for sid, out in outputs.items()}
-    with ThreadPoolExecutor(16) as pool:
-        return dict(zip(outputs, pool.map(storage.is_complete, outputs.values())))
+
+def _fingerprinted_plan(exp: spec_mod.Experiment, source: str) -> tuple[Plan, list[str], list[str]]:
+    """(plan whose ids follow the inputs' content, problems, notes)."""
+    from controller import fingerprint
+
+    fp = fingerprint.collect(exp)
+    return build_plan(exp, fp.values, source=os.path.abspath(source)), fp.problems, fp.notes
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     exp = _load(args.file)
-    plan = build_plan(exp)
+    if args.no_status:
+        plan, problems, notes = build_plan(exp, source=os.path.abspath(args.file)), [], []
+    else:
+        plan, problems, notes = _fingerprinted_plan(exp, args.file)
+    _notes(notes)
+    for p in problems:
+        print(f"note: {p}", file=sys.stderr)
     if args.explain or args.stage:
         from controller.explain import ExplainError, explain
 
@@ -63,39 +95,60 @@ def cmd_plan(args: argparse.Namespace) -> int:
             print(e, file=sys.stderr)
             return EXIT_USAGE
         return 0
-    done: dict[str, bool] = {}
+    statuses: dict[str, status_mod.StageStatus] = {}
+    why: dict[str, str] = {}
     if not args.no_status:
         try:
-            done = stage_done(plan)
+            statuses = stage_statuses(plan)
         except storage.StorageError as e:
             print(f"note: cannot tell which stages are done, because storage is not readable: {e}", file=sys.stderr)
+        previous = status_mod.read_previous_plan(plan.root, plan.experiment) if statuses else None
+        why = explain_changes(previous, plan) if previous else {}
     users: dict[str, list[str]] = {}
     for r in plan.runs:
         for sid in (r.distill, r.probe, *r.train, r.eval):
             if sid is not None:
                 users.setdefault(sid, []).append(r.name)
     _say(f"experiment {plan.experiment}  storage {plan.root}")
+    if args.no_status or problems:
+        what = "were not read (--no-status)" if args.no_status else "could not all be read (notes above)"
+        _say("  stage ids are provisional: the inputs' content " + what)
     _say(f"\n{len(plan.runs)} runs")
     for r in plan.runs:
         train = [*r.train[:-1], r.probe, r.train[-1]] if r.probe else list(r.train)  # the probe guards RL
         chain = " -> ".join([*([r.distill] if r.distill else []), *train, r.eval])
         _say(f"  {r.name:<44} {chain}")
     skipped: dict[str, str] = {}
-    if done and plan.gates:  # rl.min_signal: stages whose finished probe predicts too little signal
+    if statuses and plan.gates:  # rl.min_signal: stages whose finished probe predicts too little signal
         from controller import gates
 
-        observed = {sid: Observed(State.SUCCEEDED if d else State.PENDING) for sid, d in done.items()}
+        observed = {sid: Observed(State.SUCCEEDED if s.done else State.PENDING) for sid, s in statuses.items()}
         skipped = gates.skipped(gates.observe(plan, observed, {}))
-    n_done = sum(done.values())
-    known = (f"{n_done} done, {len(plan.stages) - n_done - len(skipped)} to run"
-             + (f", {len(skipped)} skipped: {next(iter(skipped.values()))}" if skipped else "")) if done else "status unknown"
+    if statuses:
+        n = status_mod.summarize(statuses.values())
+        n_done = n[status_mod.DONE]
+        failed = f", {n[status_mod.FAILED]} failed" if n[status_mod.FAILED] else ""
+        known = (f"{n_done} done{failed}, {len(plan.stages) - n_done - len(skipped)} to run"
+                 + (f", {len(skipped)} skipped: {next(iter(skipped.values()))}" if skipped else ""))
+    else:
+        known = "status unknown"
     _say(f"\n{len(plan.stages)} stages ({known})")
-    _say(f"  {'stage':<20} {'status':<8} {'parents':<20} used by")
+    _say(f"  {'stage':<18} {'status':<10} {'parents':<18} used by")
     for sid, st in plan.stages.items():
-        status = ("done" if done[sid] else "skipped" if sid in skipped else "-") if done else "?"
+        state = statuses.get(sid)
+        if state is None:
+            shown = "?"
+        elif sid in skipped and not state.done:
+            shown = "skipped"
+        else:
+            shown = {"waiting": "-", "incomplete": "not done"}.get(state.state, state.state)
         shared = users.get(sid, [])
         note = ", ".join(shared) + (f"  (shared by {len(shared)} runs)" if len(shared) > 1 else "")
-        _say(f"  {sid:<20} {status:<8} {','.join(st.parents + st.after) or '-':<20} {note}")
+        _say(f"  {sid:<18} {shown:<10} {','.join(st.parents + st.after) or '-':<18} {note}")
+        if state is not None and state.state in (status_mod.FAILED, status_mod.INCOMPLETE):
+            _say(f"  {'':<18} ^ {state.describe()}")
+        if sid in why and (state is None or not state.done):
+            _say(f"  {'':<18} ^ new stage: {why[sid]}")
     return 0
 
 
@@ -106,8 +159,25 @@ def _write_experiment(exp: spec_mod.Experiment, plan: Plan) -> str:
     return uri
 
 
+def name_taken_by(plan: Plan) -> str | None:
+    """The other experiment file whose last plan under this name and storage is saved, or None."""
+    previous = status_mod.read_previous_plan(plan.root, plan.experiment)
+    other = (previous or {}).get("source")
+    return other if other and plan.source and other != plan.source else None
+
+
+def _name_clash(plan: Plan, what: str, fix: str) -> str:
+    return (f"experiment name '{plan.experiment}' in storage {plan.root} belongs to {name_taken_by(plan)}, "
+            f"because that file ran there last; {what} would replace its plan and report. "
+            f"Rename metadata.name, use another storage, or {fix}")
+
+
 class _Progress:
-    """Plain progress lines: launches, finishes with durations, failures with the log's tail."""
+    """Plain progress lines: launches, finishes with durations, failures with the log's tail.
+
+    A failure is also recorded in the stage's ``_FAILED`` (log path, exit code, error line), so
+    ``sftrl plan`` and the report show it after the run.
+    """
 
     def __init__(self, plan: Plan, start: float):
         self.plan, self.start, self.last_beat = plan, start, start
@@ -127,7 +197,10 @@ class _Progress:
             _say(f"{t} done   {what}  in {info['seconds']:.0f}s")
             if st.kind == "probe":
                 self._probe(sid)
+        elif event == "waiting":  # another writer holds the stage's lease
+            _say(f"{t} wait   {what}  held elsewhere: {info['why']}")
         elif event == "failed":
+            status_mod.record_failure(st.config.output, info["log"], info["tail"], info["returncode"])
             again = "will retry" if info["retryable"] else "not retryable"
             _say(f"{t} FAILED {what}  exit {info['returncode']} ({again}); last lines of {info['log']}:")
             for line in info["tail"].splitlines():
@@ -164,26 +237,82 @@ class _Progress:
             _say(f"[{now - self.start:6.0f}s] {c['succeeded']}/{len(observed)} done; running: {', '.join(running) or '-'}")
 
 
+def resolve_rerun(plan: Plan, names: list[str]) -> tuple[list[str], list[str]]:
+    """(stage ids, problems) for --rerun names: a stage id (or a unique prefix of one) or a run name
+    (all its stages, training and eval)."""
+    import difflib
+
+    runs = {r.name: [*r.train, r.eval] for r in plan.runs}
+    out: list[str] = []
+    problems = []
+    for name in names:
+        hits = runs.get(name) or [sid for sid in plan.stages if sid.startswith(name)]
+        if name in plan.stages:
+            hits = [name]
+        if not hits or (name not in runs and len(hits) > 1):
+            near = difflib.get_close_matches(name, [*runs, *plan.stages], n=1, cutoff=0.5)
+            what = f"matches {len(hits)} stages" if hits else "is neither a run nor a stage of this plan"
+            hint = f"; did you mean '{near[0]}'?" if near else ". See `sftrl plan FILE` for run names and stage ids"
+            problems.append(f"--rerun {name}: {what}{hint}")
+            continue
+        out += [sid for sid in hits if sid not in out]
+    return out, problems
+
+
+def invalidate(plan: Plan, sid: str) -> None:
+    """Forget a stage's results so that it runs again from scratch (its log is kept)."""
+    out = plan.stages[sid].config.output
+    if storage.is_local(out):
+        path = storage.local_path(out)
+        for child in (path.iterdir() if path.is_dir() else []):
+            if child.name not in (LOG_TXT, ".lock"):
+                storage.delete_prefix(storage.normalize(str(child)))
+    else:
+        storage.delete_prefix(out)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from controller.executors.local import LocalExecutor
     from controller.loop import drive
+    from job_runtime.io import scratch
 
     start = time.time()
     exp = _load(args.file)
     if args.storage:
         exp.spec.storage = args.storage
-    plan = build_plan(exp)
+    pre = _preflight(exp, args.max_parallel)
+    _notes(pre.notes)
+    if pre.problems:
+        return _problems(args.file, pre.problems)
+    plan = build_plan(exp, pre.fingerprints, source=os.path.abspath(args.file))
+    if name_taken_by(plan) and not args.replace:
+        return _problems(args.file, [_name_clash(plan, "running this file", "pass --replace")])
+    rerun, problems = resolve_rerun(plan, list(plan.stages) if args.force else args.rerun or [])
+    if problems:
+        return _problems(args.file, problems)
+    previous = status_mod.read_previous_plan(plan.root, plan.experiment)
     try:
+        for sid in rerun:
+            invalidate(plan, sid)
         uri = _write_experiment(exp, plan)
+        statuses = stage_statuses(plan)
     except storage.StorageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    scratch.sweep()  # scratch folders of runs killed earlier
     ex = exp.spec.execution
     policy = Policy(max_attempts=ex.max_attempts, backoff_seconds=ex.backoff_seconds,
-                    max_parallel=args.max_parallel or ex.max_parallel)
-    done = sum(stage_done(plan).values())
+                    max_parallel=args.max_parallel if args.max_parallel is not None else ex.max_parallel)
+    done = sum(st.done for st in statuses.values())
+    again = f", {len(rerun)} to redo (--{'force' if args.force else 'rerun'})" if rerun else ""
     _say(f"experiment {plan.experiment}: {len(plan.runs)} runs, {len(plan.stages)} stages "
-         f"({done} already done), up to {policy.max_parallel} at a time; storage {plan.root}")
+         f"({done} already done{again}), up to {policy.max_parallel} at a time; storage {plan.root}")
+    why = explain_changes(previous, plan) if previous else {}
+    for sid, st in statuses.items():
+        if st.state == status_mod.INCOMPLETE:
+            _say(f"  {sid}: {st.describe()}")
+        elif sid in why and not st.done:
+            _say(f"  {sid}: new stage: {why[sid]}")
     progress = _Progress(plan, start)
     executor = LocalExecutor(on_event=progress, max_parallel=policy.max_parallel or 1)
 
@@ -207,8 +336,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         _say(f"\nall {len(plan.stages) - len(skipped)} stages done{note}; wall time {wall:.1f}s ({wall / 60:.1f} min)")
         return 0
     failed = [s for s, o in outcome.observed.items() if o.state is State.FAILED]
-    _say(f"\n{len(failed)} stage(s) failed: {', '.join(failed)}; wall time {wall:.1f}s. "
-         f"See stages/<id>/log.txt, fix the cause, and run again: finished stages are reused.")
+    _say(f"\n{len(failed)} stage(s) failed; wall time {wall:.1f}s:")
+    for sid in failed:
+        st = plan.stages[sid]
+        _say(f"  {sid} ({st.labels.run}): {status_mod.stage_status(st.config.output).describe()}")
+    _say(f"Fix the cause and run `sftrl run {args.file}` again: finished stages are reused.")
     return 1
 
 
@@ -224,10 +356,53 @@ def _print_results(plan: Plan, uri: str) -> None:
     _say(f"\nartifacts: {plan.root}/stages/<id>/   experiment: {uri}/   report: {out}/")
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    exp = _load(args.file)
+    if args.storage:
+        exp.spec.storage = args.storage
+    plan, problems, notes = _fingerprinted_plan(exp, args.file)
+    _notes(notes)
+    if problems:
+        return _problems(args.file, problems)
+    bad = n_done = 0
+    try:
+        for sid, st in plan.stages.items():
+            out = st.config.output
+            if storage.read_manifest(out) is None:
+                _say(f"  {sid:<18} not done")
+                continue
+            found = storage.manifest_problems(out, full=True)
+            n_done += not found
+            bad += bool(found)
+            _say(f"  {sid:<18} " + ("ok (sizes and sha256 match the manifest)" if not found else "MISMATCH: " + "; ".join(found)))
+    except storage.StorageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    _say(f"\n{n_done} stage(s) verified, {bad} with altered files, {len(plan.stages) - n_done - bad} not done.")
+    if bad:
+        _say(f"Redo the altered ones with `sftrl run {args.file} --rerun STAGE`.")
+        return 1
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from controller.report.load import report_command
 
-    return report_command(args.experiment, args.output, args.storage)
+    if args.output:
+        why = storage.unwritable_reason(args.output)
+        if why:
+            return _problems("sftrl report", [f"-o {args.output}: {why}. Choose a writable folder"])
+    if not args.experiment.endswith((".yaml", ".yml")):
+        return report_command(args.experiment, args.output, args.storage)
+    # A file: report the plan this file makes now, not whatever was saved last under its name.
+    exp = _load(args.experiment)
+    if args.storage:
+        exp.spec.storage = args.storage
+    plan, problems, notes = _fingerprinted_plan(exp, args.experiment)
+    _notes(notes + problems)
+    if name_taken_by(plan) and not args.output:
+        return _problems(args.experiment, [_name_clash(plan, "its report", "pass -o DIR to write this file's report elsewhere")])
+    return report_command(args.experiment, args.output, plan=plan.to_json())
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -242,21 +417,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="check an experiment file; every error at once")
     v.add_argument("file")
+    v.add_argument("--schema-only", action="store_true",
+                   help="check the file alone: not its inputs, TRL keys or storage (no network, no storage access)")
     v.set_defaults(func=cmd_validate)
 
     pl = sub.add_parser("plan", help="show the runs and stages of an experiment, and which are done")
     pl.add_argument("file")
     pl.add_argument("stage", nargs="?", help="with --explain: one stage id (or unique prefix)")
-    pl.add_argument("--no-status", action="store_true", help="do not read storage")
+    pl.add_argument("--no-status", action="store_true", help="read neither storage nor the inputs (ids are provisional)")
     pl.add_argument("--explain", action="store_true",
                     help="print each training stage's resolved TRL arguments, pixel bounds and frozen modules, with sources")
     pl.set_defaults(func=cmd_plan)
 
     r = sub.add_parser("run", help="run the whole matrix on this machine, then print the results")
     r.add_argument("file")
-    r.add_argument("--max-parallel", type=int, default=None, help="stages at once (default: execution.max_parallel)")
+    r.add_argument("--max-parallel", type=int, default=None, help="stages at once, >= 1 (default: execution.max_parallel)")
     r.add_argument("--storage", default=None, help="override spec.storage")
+    r.add_argument("--rerun", action="append", metavar="STAGE_OR_RUN",
+                   help="redo this stage (id) or every stage of this run (name) although done; repeatable")
+    r.add_argument("--force", action="store_true", help="redo every stage of the plan")
+    r.add_argument("--replace", action="store_true",
+                   help="take over the experiment name in this storage from another experiment file")
     r.set_defaults(func=cmd_run)
+
+    vf = sub.add_parser("verify", help="check every finished stage's files against its manifest (sizes and sha256)")
+    vf.add_argument("file")
+    vf.add_argument("--storage", default=None, help="override spec.storage")
+    vf.set_defaults(func=cmd_verify)
 
     rep = sub.add_parser("report", help="tables and plots of an experiment, from storage alone")
     rep.add_argument("experiment", help="experiment file, experiment name in ./runs, or experiments/<name> URI")
@@ -291,6 +478,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     except BrokenPipeError:
         return 0
+    except storage.StorageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:  # e.g. an output folder that cannot be written
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot use{where}, because {e.strerror or e}. Check the path and its permissions.", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

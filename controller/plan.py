@@ -1,10 +1,15 @@
 """Experiment -> runs and a content-addressed stage DAG. Pure: no I/O.
 
-A stage's id is a hash of its kind, its resolved parameters, its inputs and its parents' ids, so
-identical stages are one stage: the SFT stage of `sft` and of `sft+grpo` is one job, the base
-model is evaluated once, and extending a matrix adds only the stages that are new. Labels,
-resources and the storage root are not part of the id: the same stage on other hardware or under
-another experiment is the same result.
+A stage's id is a hash of its kind, its resolved parameters, its inputs (their URIs and content
+fingerprints), the runtime's recipe version for its kind and its parents' ids, so identical
+stages are one stage: the SFT stage of `sft` and of `sft+grpo` is one job, the base model is
+evaluated once, and extending a matrix adds only the stages that are new; a training file edited
+in place, or a new recipe, gives new ids. Labels, resources and the storage root are not part of
+the id: the same stage on other hardware or under another experiment is the same result.
+
+Fingerprints are computed by the shell (``controller.fingerprint``) and passed in as
+``uri -> fingerprint``; an input without one (builtin://, or fingerprints not computed) is
+identified by its URI alone.
 """
 
 from __future__ import annotations
@@ -12,13 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from controller.reconcile import Gate
 from controller.spec import Experiment
 from job_runtime.contract import (
     DISTILL_DATA,
     MODEL_DIR,
+    RECIPE_VERSION,
     RL_CONTROLLER_FIELDS,
     Decontamination,
     Labels,
@@ -38,6 +44,8 @@ class Stage:
     parents: tuple[str, ...]  # inputs (a model or data the stage reads): part of its id
     config: StageConfig
     after: tuple[str, ...] = ()  # must finish first without being an input (the probe before RL): not in the id
+    inputs: dict[str, str] = field(default_factory=dict)  # role (model, data.train, eval.data.<name>) -> URI
+    recipe: int = 0  # contract.RECIPE_VERSION[kind] when the id was made
 
     @property
     def labels(self) -> Labels:
@@ -73,6 +81,8 @@ class Plan:
     runs: list[Run] = field(default_factory=list)
     benchmarks: list[str] = field(default_factory=list)
     gates: dict[str, Gate] = field(default_factory=dict)  # RL stage -> its probe and rl.min_signal
+    fingerprints: dict[str, str] = field(default_factory=dict)  # input URI -> content fingerprint
+    source: str | None = None  # the experiment file this plan was made from (absolute path)
 
     def dag(self) -> dict[str, tuple[str, ...]]:
         """stage id -> the stages it waits for (inputs and ordering), in topological order."""
@@ -82,11 +92,14 @@ class Plan:
         return {
             "experiment": self.experiment,
             "storage": self.root,
+            "source": self.source,
             "benchmarks": self.benchmarks,
             "gates": {sid: {"probe": g.probe, "min_signal": g.min_signal} for sid, g in self.gates.items()},
             "stages": {
                 sid: {"kind": s.kind, "parents": list(s.parents), **({"after": list(s.after)} if s.after else {}),
-                      "labels": s.labels.model_dump()}
+                      "labels": s.labels.model_dump(), "recipe_version": s.recipe,
+                      "inputs": {role: {"uri": uri, "fingerprint": self.fingerprints.get(uri)}
+                                 for role, uri in s.inputs.items()}}
                 for sid, s in self.stages.items()
             },
             "runs": [r.as_dict() for r in self.runs],
@@ -106,17 +119,33 @@ def run_name(model: str, method: str, data: str | None = None, scale: int | None
     return "-".join(parts)
 
 
+def stage_inputs(model_ref: str, data: Mapping[str, str], params: Mapping[str, Any]) -> dict[str, str]:
+    """role -> URI of what a stage reads from outside the plan (a parent's model is not an input).
+
+    >>> stage_inputs("Qwen/Qwen2-VL-2B", {"train": "s3://b/sft.parquet"}, {"data": {"mathvista": "./mv.jsonl"}})
+    {'model': 'Qwen/Qwen2-VL-2B', 'data.train': 's3://b/sft.parquet', 'eval.data.mathvista': './mv.jsonl'}
+    """
+    out = {} if model_ref.startswith("stage:") else {"model": model_ref}
+    out.update({f"data.{role}": uri for role, uri in data.items()})
+    out.update({f"eval.data.{name}": uri for name, uri in sorted((params.get("data") or {}).items())})
+    return out
+
+
 class _Builder:
-    def __init__(self, exp: Experiment):
+    def __init__(self, exp: Experiment, fingerprints: Mapping[str, str] | None, source: str | None):
         self.exp = exp
         self.spec = exp.spec
-        self.plan = Plan(exp.metadata.name, normalize(self.spec.storage), benchmarks=list(self.spec.eval.benchmarks))
+        self.plan = Plan(exp.metadata.name, normalize(self.spec.storage), benchmarks=list(self.spec.eval.benchmarks),
+                         fingerprints=dict(fingerprints or {}), source=source)
 
     def add(self, kind: str, payload: dict[str, Any], parents: tuple[str, ...], model_uri: str,
             labels: dict[str, str], after: tuple[str, ...] = (), **fields: Any) -> str:
         """A stage (or the identical one already planned). ``after``: stages that must finish first
         without being inputs (the probe in front of an RL stage): ordering only, not in the id."""
-        sid = stage_id(kind, {**payload, "parents": list(parents)})
+        inputs = stage_inputs(str(payload["model"]), payload.get("data") or {}, payload.get("params") or {})
+        content = {uri: self.plan.fingerprints[uri] for uri in inputs.values() if uri in self.plan.fingerprints}
+        recipe = RECIPE_VERSION[kind]
+        sid = stage_id(kind, {**payload, "parents": list(parents), "recipe": recipe, "content": content})
         if sid in self.plan.stages:
             return sid
         cfg = StageConfig(
@@ -124,7 +153,8 @@ class _Builder:
             labels=Labels(experiment=self.plan.experiment, stage=sid, **labels),
             deepspeed=self._deepspeed(kind, payload.get("params", {}), labels["model"]), **fields,
         )
-        self.plan.stages[sid] = Stage(sid, kind, parents, cfg, tuple(a for a in after if a not in parents))
+        self.plan.stages[sid] = Stage(sid, kind, parents, cfg, after=tuple(a for a in after if a not in parents),
+                                      inputs=inputs, recipe=recipe)
         return sid
 
     def _deepspeed(self, kind: str, params: dict[str, Any], model_name: str) -> dict[str, Any] | None:
@@ -260,6 +290,52 @@ def spec_params(section: Any) -> dict[str, Any]:
     return section.model_dump(mode="json")
 
 
-def build_plan(exp: Experiment) -> Plan:
-    """Expand models x data x scales x methods x seeds into runs and a stage DAG (topological order)."""
-    return _Builder(exp).build()
+def build_plan(exp: Experiment, fingerprints: Mapping[str, str] | None = None, source: str | None = None) -> Plan:
+    """Expand models x data x scales x methods x seeds into runs and a stage DAG (topological order).
+
+    ``fingerprints`` (input URI -> content fingerprint, from ``controller.fingerprint.collect``)
+    make stage ids follow the inputs' content; ``source`` is the experiment file, recorded in
+    plan.json so that two files of one name in one storage are told apart.
+    """
+    return _Builder(exp, fingerprints, source).build()
+
+
+def _changed_inputs(old: Mapping[str, Any], new: Plan, sid: str) -> list[str]:
+    old_inputs = old.get("inputs") or {}
+    out = []
+    for role, uri in new.stages[sid].inputs.items():
+        was = old_inputs.get(role) or {}
+        if was.get("uri") not in (None, uri):
+            out.append(f"input {role} is now {uri} (was {was['uri']})")
+        elif was.get("fingerprint") != new.fingerprints.get(uri) and "fingerprint" in was:
+            out.append(f"input {role} ({uri}) changed since the last run")
+    return out
+
+
+def explain_changes(previous: Mapping[str, Any], new: Plan) -> dict[str, str]:
+    """Why each stage of ``new`` that the previous plan (its plan.json) lacks has a new id: the
+    input, recipe, parent or parameters that differ from the stage that held its place (same run,
+    same position). Pure.
+    """
+    old_stages = previous.get("stages") or {}
+    old_runs = {r.get("run"): [*(r.get("train") or []), r.get("eval")] for r in previous.get("runs") or []}
+    out: dict[str, str] = {}
+    for run in new.runs:
+        chain, was = [*run.train, run.eval], old_runs.get(run.name)
+        if was is None or len(was) != len(chain):
+            continue
+        for pos, (sid, old_sid) in enumerate(zip(chain, was)):
+            old = old_stages.get(old_sid) or {}
+            if sid == old_sid or sid in old_stages or sid in out or old.get("kind") != new.stages[sid].kind:
+                continue
+            kind, recipe = new.stages[sid].kind, new.stages[sid].recipe
+            reasons = _changed_inputs(old, new, sid)
+            if old.get("recipe_version") not in (None, recipe):
+                reasons.append(f"the {kind} recipe version changed ({old['recipe_version']} -> {recipe})")
+            if pos > 0 and chain[pos - 1] != was[pos - 1]:
+                reasons.append(f"its parent changed ({was[pos - 1]} -> {chain[pos - 1]})")
+            if not reasons:
+                reasons.append("its parameters changed" if "inputs" in old
+                               else "its parameters or inputs changed (the last plan predates input fingerprints)")
+            out[sid] = f"replaces {old_sid}: " + "; ".join(reasons)
+    return out

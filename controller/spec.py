@@ -96,7 +96,10 @@ class ExecutionSpec(_Strict):
 
 
 class ExperimentSpec(_Strict):
-    storage: str = Field("./runs", description="Storage root: s3://bucket/prefix, file:///abs/path or a path.")
+    storage: str = Field(
+        "./runs",
+        description="Storage root: s3://bucket/prefix, file:///abs/path or a path (relative to the experiment file's folder).",
+    )
     models: list[ModelSpec] = Field(min_length=1, description="Base models.")
     data: list[DataSpec] = Field(min_length=1, description="Data sources.")
     scales: list[int] = Field(min_length=1, description="Training-set sizes; nested subsets of one shuffle.")
@@ -291,19 +294,74 @@ def validate_dict(raw: Any, source: str = "<experiment>") -> Experiment:
         raise SpecError(source, problems) from None
 
 
+class _DuplicateKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, noting every key that a mapping repeats (plain YAML lets the last win)."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.duplicates: list[str] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            try:
+                key = self.construct_object(key_node, deep=True)
+                hash(key)
+            except (yaml.constructor.ConstructorError, TypeError):
+                continue  # the base class reports unhashable keys
+            line = key_node.start_mark.line + 1
+            if key in seen and key != "<<":
+                self.duplicates.append(
+                    f"line {line}: key '{key}' repeats the one at line {seen[key]} of the same mapping, "
+                    "and only one can count. Remove or merge one of them"
+                )
+            seen.setdefault(key, line)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(text: str) -> tuple[Any, list[str]]:
+    loader = _DuplicateKeyLoader(text)
+    try:
+        return loader.get_single_data(), loader.duplicates
+    finally:
+        loader.dispose()
+
+
+def resolve_storage(exp: Experiment, folder: Path) -> Experiment:
+    """A relative storage path becomes absolute against ``folder`` (the experiment file's), so
+    running from another directory finds the same stages."""
+    s = exp.spec.storage
+    if "://" not in s and not Path(s).expanduser().is_absolute():
+        exp.spec.storage = str((folder / s).resolve())
+    elif "://" not in s:
+        exp.spec.storage = str(Path(s).expanduser())
+    return exp
+
+
 def load(path: str | Path) -> Experiment:
-    """Read and validate an experiment file; raises SpecError with every problem."""
+    """Read and validate an experiment file; raises SpecError with every problem.
+
+    A relative ``spec.storage`` is resolved against the file's folder.
+    """
     p = Path(path)
     if not p.is_file():
         raise SpecError(str(path), [f"file not found. Check the path (cwd: {Path.cwd()})"])
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw, duplicates = _read_yaml(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(e, "problem", None) or str(e)
         raise SpecError(str(path), [f"YAML syntax error at {where}{problem}. Fix the YAML syntax"]) from None
-    return validate_dict(raw, str(path))
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(str(path), [f"cannot be read, because {e}. Check the file"]) from None
+    try:
+        exp = validate_dict(raw, str(path))
+    except SpecError as e:
+        raise SpecError(str(path), duplicates + e.problems) from None
+    if duplicates:
+        raise SpecError(str(path), duplicates)
+    return resolve_storage(exp, p.resolve().parent)
 
 
 def dump(exp: Experiment) -> str:

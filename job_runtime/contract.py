@@ -19,6 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 SCHEMA_VERSION = "sftrl/v1"
 
+# The runtime's recipe version per stage kind, part of every stage id: bump a kind's number whenever
+# what its stage computes changes for the same inputs and parameters (training loop, reward, data
+# selection, prompts, scoring rules), so finished stages made by the old recipe are redone.
+RECIPE_VERSION: dict[str, int] = {"sft": 1, "rl": 1, "eval": 1, "distill": 1, "probe": 1}
+
 StageKind = Literal["sft", "rl", "eval", "distill", "probe"]
 STAGE_KINDS: tuple[str, ...] = ("sft", "rl", "eval", "distill", "probe")
 Algorithm = Literal["grpo", "dapo"]
@@ -33,6 +38,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # a code or data failure: retrying would fail the same way
 EXIT_CONFIG = 2  # the stage config is invalid
 EXIT_RETRYABLE = 200  # infrastructure (storage unreachable, preempted): worth a retry
+EXIT_LEASE = 201  # another live writer holds the stage's lease (job_runtime/io/lease.py): wait, then retry
 
 
 class _Strict(BaseModel):
@@ -124,9 +130,17 @@ class RewardWeights(_Strict):
 class DeceptiveParams(_Strict):
     """The online deceptive-reward detector (reward rising while held-out accuracy falls)."""
 
-    window: int = Field(5, ge=3, description="Held-out evaluations in the sliding window.")
-    min_reward_slope: float = Field(0.0, description="Reward slope per evaluation above which reward 'rises'.")
-    max_accuracy_slope: float = Field(0.0, description="Accuracy slope per evaluation below which accuracy 'falls'.")
+    window: int = Field(10, ge=3, description=(
+        "Most recent held-out evaluations the detector looks back over: every run of 3 or more of them "
+        "ending at the newest is tested for a fall."))
+    min_reward_slope: float = Field(0.0, description=(
+        "Reward slope per evaluation above which reward 'rises' (the slope's lower 95% bound must exceed it)."))
+    max_accuracy_slope: float = Field(0.0, description=(
+        "Accuracy slope per evaluation below which accuracy 'falls' (the slope's upper bound, noise_z standard "
+        "errors above it, must be below this)."))
+    noise_z: float = Field(4.1, gt=0, description=(
+        "Standard errors of held-out sampling noise (binomial at rl.heldout_size items) by which a fall must "
+        "stand out. 4.1 keeps false alarms under 0.5% per run of 30 evaluations (bench/deceptive_detector.py)."))
     stop: bool = Field(False, description="Stop the stage when flagged, keeping the best checkpoint by accuracy.")
 
 
@@ -442,6 +456,7 @@ STAGES_DIR = "stages"
 EXPERIMENTS_DIR = "experiments"
 STAGE_JSON = "stage.json"
 SUCCESS = "_SUCCESS"  # written last: the only proof that a stage is complete
+FAILED = "_FAILED"  # why the last attempt failed (error line, exit code, log); removed when an attempt starts
 METRICS_JSONL = "metrics.jsonl"  # one JSON object per logged step
 RESULTS_JSON = "results.json"  # eval: per-benchmark headline metric and breakdowns
 SAMPLES_JSONL = "samples.jsonl"  # eval: one row per scored item

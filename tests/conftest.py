@@ -13,6 +13,10 @@ from pathlib import Path
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# Nothing here may leave this machine: boto3 must not probe the EC2 instance metadata address when
+# no credentials are set, and no Hugging Face hub id may be resolved online (children inherit both).
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 

@@ -232,8 +232,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     except spec_mod.SpecError as e:
         print(f"experiment {args.name}: spec invalid:\n{e.render()}")
         return 1
-    attempts: dict[str, int] = {}
-    for job in api.list_jobs(ns, render.SELECTOR):
+    attempts: dict[str, int] = {sid: int(rec.get("attempt") or 0) for sid, rec in (status.get("attempts") or {}).items()}
+    for job in api.list_jobs(ns, f"{render.SELECTOR},{render.L_STORAGE}={render.storage_key(plan.root)}"):
         parsed = render.stage_of(job)
         if parsed:
             attempts[parsed[0]] = max(attempts.get(parsed[0], 0), parsed[1])
@@ -266,7 +266,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
         what = "matches no stage" if not matches else f"matches {len(matches)} stages ({', '.join(matches[:5])})"
         return _err(f"'{args.stage}' {what} of experiment {args.name}. Give a stage id from `sftrl status {args.name}`")
     sid = matches[0]
-    jobs = [j for j in api.list_jobs(ns, f"{render.SELECTOR},{render.L_STAGE}={sid}")]
+    jobs = [j for j in api.list_jobs(ns, f"{render.SELECTOR},{render.L_STAGE}={sid},"
+                                         f"{render.L_STORAGE}={render.storage_key(plan.root)}")]
     if not jobs:
         return _err(f"stage {sid} has no PyTorchJob yet (it is pending). Try again once it runs")
     job = max(jobs, key=lambda j: (render.stage_of(j) or ("", 0))[1])

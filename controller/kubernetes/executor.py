@@ -2,10 +2,13 @@
 
 Observing costs one label-selected list of PyTorchJobs per cycle, whatever the number of stages
 (``ClusterView.refresh``), plus one listing of the storage root for ``_SUCCESS`` manifests, which
-alone decide completion. Jobs are named from the stage id and attempt (controller/kubernetes/render.py), not
-from the experiment, so a stage shared by two experiments is one job, and a restarted operator
-finds the jobs it made. Creating is idempotent: stage.json is written to storage first, then the
-job is created; ``409 AlreadyExists`` means the same stage's attempt already exists.
+alone decide completion. Jobs are named from the stage id, the storage root and the attempt
+(controller/kubernetes/render.py), not from the experiment, so a stage shared by two experiments on
+one storage root is one job, and a restarted operator finds the jobs it made. Creating is
+idempotent: stage.json is written to storage first, then the job is created; ``409 AlreadyExists``
+means this very attempt exists already, and that job is adopted as the attempt (never a second).
+A stage's state comes from its jobs and its durable attempt record (controller/kubernetes/attempts.py),
+so a job deleted by its TTL or by hand never makes a finished attempt look pending.
 
 API errors are told apart: 5xx, 429 and connection errors are transient (retried here with
 exponential backoff, then ``ApiUnavailable``: the operator tries again next cycle); other 4xx are
@@ -15,7 +18,6 @@ a tight loop). Only this module and controller/kubernetes/operator.py import kub
 
 from __future__ import annotations
 
-import calendar
 import json
 import logging
 import os
@@ -31,8 +33,9 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from controller.kubernetes import render
+from controller.kubernetes.attempts import Attempt, exit_code_of, job_phase, later, observe_stage, terminating
 from controller.plan import Plan
-from controller.reconcile import Action, Delete, Launch, Observed, State
+from controller.reconcile import Action, Delete, Launch, Observed
 from controller.spec import Experiment
 from job_runtime.io import storage
 from job_runtime.contract import STAGES_DIR, SUCCESS
@@ -222,7 +225,7 @@ class KubeApi:
     def patch_experiment_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         g, v, p = EXPERIMENTS
         return self._call("patch experiment status", self.custom.patch_namespaced_custom_object_status, g, v,
-                          namespace, p, name, patch, ok=(404,))
+                          namespace, p, name, patch, ok=(404, 409))
 
     # Events, pods, logs
     def create_event(self, namespace: str, body: dict[str, Any]) -> None:
@@ -261,88 +264,28 @@ def sanitize(job: Mapping[str, Any]) -> dict[str, Any]:
 
 # --- observing ------------------------------------------------------------------------------------
 
-
-def _ts(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return float(calendar.timegm(time.strptime(value.replace("Z", "").split(".")[0], "%Y-%m-%dT%H:%M:%S")))
-    except ValueError:
-        return None
-
-
-def job_phase(job: Mapping[str, Any]) -> tuple[str, dict[str, Any] | None]:
-    """('succeeded' | 'failed' | 'running', the deciding condition) from a job's status conditions.
-
-    Created, Running, Restarting and Suspended (queued by Kueue) all count as running: the job exists
-    and may still finish.
-    """
-    conds = {c.get("type"): c for c in (job.get("status") or {}).get("conditions") or []
-             if str(c.get("status")) == "True"}
-    for kind in ("Succeeded", "Failed"):
-        if kind in conds:
-            return kind.lower(), conds[kind]
-    return "running", None
-
-
-def exit_code_of(pod: Mapping[str, Any]) -> int | None:
-    """The exit code of the pod's ``pytorch`` container (its last termination), if it ended."""
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        if cs.get("name") != render.CONTAINER:
-            continue
-        for key in ("state", "lastState"):
-            term = (cs.get(key) or {}).get("terminated")
-            if term and term.get("exitCode") is not None:
-                return int(term["exitCode"])
-    return None
-
-
-def observe_stage(jobs: Mapping[int, Mapping[str, Any]], done: bool,
-                  exit_code: Callable[[Mapping[str, Any]], int | None] = lambda job: None) -> Observed:
-    """One stage's Observed from its jobs by attempt and whether its _SUCCESS manifest exists.
-
-    >>> observe_stage({}, done=False).state.value
-    'pending'
-    >>> failed = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "PyTorchJobFailed"}]}}
-    >>> o = observe_stage({1: failed}, done=False, exit_code=lambda j: 1)
-    >>> o.state.value, o.attempts, o.retryable
-    ('failed', 1, False)
-    """
-    attempts = max(jobs) if jobs else 0
-    if done:
-        return Observed(State.SUCCEEDED, attempts)
-    if not jobs:
-        return Observed(State.PENDING, 0)
-    job = jobs[attempts]
-    kind, cond = job_phase(job)
-    if kind == "running":
-        return Observed(State.RUNNING, attempts)
-    finished = _ts((cond or {}).get("lastTransitionTime")) or _ts((job.get("status") or {}).get("completionTime"))
-    if kind == "succeeded":  # exited 0 but no _SUCCESS: the output went missing; run it again
-        return Observed(State.FAILED, attempts, finished, retryable=True)
-    reason = (cond or {}).get("reason", "")
-    if reason == "BackoffLimitExceeded":  # retryable exit codes (128-255) used up the job's restarts
-        retryable = True
-    elif reason == "DeadlineExceeded":  # it would time out again
-        retryable = False
-    else:
-        code = exit_code(job)
-        retryable = not (code is not None and 1 <= code <= 127)
-    return Observed(State.FAILED, attempts, finished, retryable)
+StageKey = tuple[str, str, str]  # (namespace, storage key, stage id)
 
 
 class ClusterView:
     """Every stage job of a namespace (or the cluster) from ONE list call, and completed stages
-    from storage, shared by all experiments of an operator cycle."""
+    from storage, shared by all experiments of an operator cycle.
+
+    Jobs are indexed by (namespace, storage key, stage id): two experiments on different storage
+    roots never mistake each other's job for their own. Exit codes of failed masters come from one
+    list of pods per refresh, matched to their job by the job's uid (a pod of a deleted job never
+    answers for a recreated job of the same name), and are forgotten at the next refresh.
+    """
 
     def __init__(self, api: KubeApi, namespace: str | None, clock: Callable[[], float] = time.time):
         self.api, self.namespace, self.clock = api, namespace, clock
-        self.by_stage: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
-        self._exit: dict[tuple[str, str], int | None] = {}
+        self.by_stage: dict[StageKey, dict[int, dict[str, Any]]] = {}
+        self._exit: dict[str, int] = {}  # job uid (or "ns/name" for pods without owner) -> exit code
         self._pods_listed = False
         self._done: dict[str, set[str]] = {}  # storage root -> complete stage ids (this refresh)
         self._done_forever: dict[str, set[str]] = {}  # remote roots: complete stays complete
         self.rejected: dict[tuple[str, str], tuple[float, str]] = {}  # (ns, stage) -> (retry after, why)
+        self.history: dict[StageKey, Attempt] = {}  # durable attempt records of every Experiment
 
     def refresh(self) -> None:
         jobs = self.api.list_jobs(self.namespace, render.SELECTOR)
@@ -350,38 +293,58 @@ class ClusterView:
         for job in jobs:
             self.add(job)
         self._pods_listed = False
+        self._exit = {}
         self._done = {}
 
+    @staticmethod
+    def _key(job: Mapping[str, Any]) -> tuple[StageKey, int] | None:
+        parsed, store = render.stage_of(job), render.store_of(job)
+        if parsed is None or store is None:
+            return None
+        return ((job.get("metadata") or {}).get("namespace") or "default", store, parsed[0]), parsed[1]
+
     def add(self, job: Mapping[str, Any]) -> None:
-        meta = job.get("metadata") or {}
-        parsed = render.stage_of(job)
-        if parsed is None:
-            return
-        sid, attempt = parsed
-        self.by_stage.setdefault((meta.get("namespace") or "default", sid), {})[attempt] = dict(job)
+        k = self._key(job)
+        if k is not None:
+            self.by_stage.setdefault(k[0], {})[k[1]] = dict(job)
 
-    def remove(self, namespace: str, job: Mapping[str, Any]) -> None:
-        parsed = render.stage_of(job)
-        if parsed:
-            self.by_stage.get((namespace, parsed[0]), {}).pop(parsed[1], None)
+    def remove(self, job: Mapping[str, Any]) -> None:
+        k = self._key(job)
+        if k is not None:
+            self.by_stage.get(k[0], {}).pop(k[1], None)
 
-    def jobs(self, namespace: str, stage_id: str) -> dict[int, dict[str, Any]]:
-        return self.by_stage.get((namespace, stage_id), {})
+    def jobs(self, namespace: str, store: str, stage_id: str) -> dict[int, dict[str, Any]]:
+        return self.by_stage.get((namespace, store, stage_id), {})
+
+    def remember(self, namespace: str, store: str, records: Mapping[str, Mapping[str, Any]]) -> None:
+        """Add an Experiment's status.attempts to the history (the later record of a stage wins)."""
+        for sid, raw in (records or {}).items():
+            rec = Attempt.from_status(raw)
+            if rec is not None:
+                key = (namespace, store, sid)
+                self.history[key] = later(self.history.get(key), rec)  # type: ignore[assignment]
 
     def exit_code(self, job: Mapping[str, Any]) -> int | None:
         """Exit code of a failed job's master; pods are listed at most once per refresh."""
         meta = job.get("metadata") or {}
-        key = (meta.get("namespace") or "default", str(meta.get("name")))
-        if key not in self._exit and not self._pods_listed:
+        if not self._pods_listed:
             self._pods_listed = True
             selector = f"{render.L_PART_OF}=sftrl,training.kubeflow.org/replica-type=master"
             for pod in self.api.list_pods(self.namespace, selector):
-                labels = (pod.get("metadata") or {}).get("labels") or {}
-                name = labels.get("training.kubeflow.org/job-name")
-                code = exit_code_of(pod)
-                if name and code is not None:
-                    self._exit[((pod["metadata"].get("namespace") or "default"), name)] = code
-        return self._exit.setdefault(key, None) if self._pods_listed else self._exit.get(key)
+                code = exit_code_of(pod, render.CONTAINER)
+                if code is None:
+                    continue
+                pmeta = pod.get("metadata") or {}
+                owners = [o.get("uid") for o in pmeta.get("ownerReferences") or [] if o.get("kind") == render.KIND]
+                if owners:
+                    self._exit.update({str(uid): code for uid in owners})
+                else:
+                    name = (pmeta.get("labels") or {}).get("training.kubeflow.org/job-name")
+                    if name:
+                        self._exit[f"{pmeta.get('namespace') or 'default'}/{name}"] = code
+        if meta.get("uid") and str(meta["uid"]) in self._exit:
+            return self._exit[str(meta["uid"])]
+        return self._exit.get(f"{meta.get('namespace') or 'default'}/{meta.get('name')}")
 
     def completed(self, plan: Plan) -> set[str]:
         """Ids of the plan's stages whose _SUCCESS manifest is in storage (one listing per root)."""
@@ -415,36 +378,60 @@ class K8sExecutor:
 
     ``view`` is shared by the operator across experiments (one refresh per cycle); without one,
     every ``observe`` refreshes its own. At most ``max_actions`` actions are applied per call, so
-    a cycle's API calls stay bounded however many stages become ready at once.
+    a cycle's API calls stay bounded however many stages become ready at once. After ``observe``
+    and ``apply``, ``attempts`` holds the durable record of each stage that has one (for the
+    Experiment's status). ``owners``: the Experiment objects that need each stage (ownerReferences
+    of the jobs it creates).
     """
 
     def __init__(self, api: KubeApi, exp: Experiment, namespace: str, view: ClusterView | None = None, *,
                  max_actions: int = 50, pushgateway: str | None = None, extra_env: Mapping[str, str] | None = None,
-                 events: EventSink | None = None, clock: Callable[[], float] = time.time):
+                 events: EventSink | None = None, clock: Callable[[], float] = time.time,
+                 owners: Callable[[str], Sequence[Mapping[str, Any]]] = lambda stage_id: ()):
         self.api, self.exp, self.namespace = api, exp, namespace
         self.view = view if view is not None else ClusterView(api, namespace, clock)
         self._refresh = view is None
         self.max_actions, self.pushgateway, self.extra_env = max_actions, pushgateway, dict(extra_env or {})
         self.events: EventSink = events or (lambda kind, reason, message: None)
-        self.clock = clock
+        self.clock, self.owners = clock, owners
         self.rejected: dict[str, str] = {}  # stage -> why the API refused its job (this apply)
         self.storage_errors: dict[str, str] = {}
         self.launched: list[tuple[str, int]] = []
+        self.adopted: list[str] = []  # job names whose create answered 409: the existing job is the attempt
         self.deleted: list[str] = []
+        self.attempts: dict[str, Attempt] = {}
+        self.store = ""
 
     def observe(self, plan: Plan) -> dict[str, Observed]:
         if self._refresh:
             self.view.refresh()
         done = self.view.completed(plan)
-        ns = self.namespace
-        return {sid: observe_stage(self.view.jobs(ns, sid), sid in done, self.view.exit_code) for sid in plan.stages}
+        ns, now = self.namespace, self.clock()
+        self.store = store = render.storage_key(plan.root)
+        out: dict[str, Observed] = {}
+        self.attempts = {}
+        for sid in plan.stages:
+            o, rec = observe_stage(self.view.jobs(ns, store, sid), sid in done, self.view.exit_code,
+                                   self.view.history.get((ns, store, sid)), now)
+            out[sid] = o
+            if rec is not None:
+                self.attempts[sid] = rec
+        return out
+
+    def _cooling(self, plan: Plan) -> dict[str, str]:
+        now = self.clock()
+        return {sid: why for (ns, sid), (until, why) in self.view.rejected.items()
+                if ns == self.namespace and until > now and sid in plan.stages}
+
+    def to_apply(self, plan: Plan, actions: Sequence[Action]) -> list[Action]:
+        """The actions ``apply`` would carry out now (refused launches cool down; at most max_actions)."""
+        cooling = self._cooling(plan)
+        return [a for a in actions if not (isinstance(a, Launch) and a.stage in cooling)][: self.max_actions]
 
     def apply(self, plan: Plan, actions: Sequence[Action]) -> None:
-        now = self.clock()
-        cooling = {sid: why for (ns, sid), (until, why) in self.view.rejected.items()
-                   if ns == self.namespace and until > now and sid in plan.stages}
-        todo = [a for a in actions if not (isinstance(a, Launch) and a.stage in cooling)]
-        for a in todo[: self.max_actions]:
+        self.store = render.storage_key(plan.root)
+        cooling = self._cooling(plan)
+        for a in self.to_apply(plan, actions):
             if isinstance(a, Launch):
                 self._launch(plan, a)
             elif isinstance(a, Delete):
@@ -454,7 +441,7 @@ class K8sExecutor:
 
     def _launch(self, plan: Plan, a: Launch) -> None:
         stage = plan.stages[a.stage]
-        job = render.render_job(stage, self.exp, a.attempt, self.namespace, self.extra_env)
+        job = render.render_job(stage, self.exp, a.attempt, self.namespace, self.extra_env, self.owners(a.stage))
         name = job["metadata"]["name"]
         try:  # the config first: a job must never start without its stage.json
             cfg = render.stage_config(stage, pushgateway=self.pushgateway)
@@ -473,20 +460,26 @@ class K8sExecutor:
             self.events("Warning", "LaunchRejected", msg)
             log.error("%s", msg)
             return
+        # 409: a job of this very name (same stage, storage root and attempt) exists: an earlier
+        # operator's create, or ours answered ambiguously. It IS this attempt: adopt it, never a second.
         self.view.add(job)
         self.view.rejected.pop((self.namespace, a.stage), None)
         self.launched.append((a.stage, a.attempt))
+        self.attempts[a.stage] = Attempt(a.attempt, "running")
         if created:
             self.events("Normal", "StageLaunched", f"stage {a.stage} ({stage.labels.run}) attempt {a.attempt}: "
                                                    f"PyTorchJob {name}")
-        log.info("%s %s (stage %s, attempt %d)", "created" if created else "already exists:", name, a.stage, a.attempt)
+            log.info("created %s (stage %s, attempt %d)", name, a.stage, a.attempt)
+        else:
+            self.adopted.append(name)
+            log.info("adopted existing PyTorchJob %s (stage %s, attempt %d)", name, a.stage, a.attempt)
 
     def _delete(self, stage_id: str) -> None:
-        for attempt, job in sorted(self.view.jobs(self.namespace, stage_id).items()):
-            if job_phase(job)[0] != "running":
+        for attempt, job in sorted(self.view.jobs(self.namespace, self.store, stage_id).items()):
+            if job_phase(job)[0] != "running" or terminating(job):
                 continue
             name = job["metadata"]["name"]
             self.api.delete_job(self.namespace, name)
-            self.view.remove(self.namespace, job)
+            self.view.remove(job)
             self.deleted.append(stage_id)
             self.events("Normal", "StageCancelled", f"deleted PyTorchJob {name} of stage {stage_id}")

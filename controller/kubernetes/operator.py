@@ -8,9 +8,18 @@ number of API calls however many stages there are (plus at most ``max_actions`` 
 deletes per experiment and ``MAX_EVENTS_PER_CYCLE`` Events).
 
 Nothing is kept between cycles that cannot be rebuilt from the cluster and storage: a killed and
-restarted operator finds its jobs by name and finished stages by their ``_SUCCESS`` manifests.
-Cancelling (annotation ``sftrl.io/cancel: "true"``, set by ``sftrl cancel``) deletes the running
-jobs of the experiment's stages, except stages another live experiment also needs.
+restarted operator finds its jobs by name, finished stages by their ``_SUCCESS`` manifests, and the
+outcome of every attempt in ``status.attempts`` (controller/kubernetes/attempts.py), which outlives
+the jobs (their TTL deletes them 3 days after they end). Status writes carry the resourceVersion
+the cycle read (optimistic concurrency): a status written meanwhile by someone else is never
+overwritten; the next cycle reads it and writes again. Records of a stage are shared by every
+Experiment on the same storage root in the namespace, so an experiment submitted later inherits
+a shared stage's failed attempts instead of retrying them.
+
+Jobs carry ownerReferences to the live Experiments that need their stage when they are created:
+deleting an Experiment garbage-collects its jobs; a job shared with another experiment lives on
+while that one exists. Cancelling (annotation ``sftrl.io/cancel: "true"``, set by ``sftrl cancel``)
+deletes the running jobs of the experiment's stages, except stages another live experiment needs.
 
 Run it with ``sftrl operator`` (in the cluster: the Helm chart's Deployment) or, for one
 experiment from a laptop, ``sftrl submit FILE --watch``. Serves /healthz and /metrics.
@@ -31,9 +40,10 @@ from typing import Any, Callable, Mapping
 
 from controller import gates
 from controller.kubernetes import render
+from controller.kubernetes.attempts import Attempt
 from controller.kubernetes.executor import ApiRejected, ApiUnavailable, ClusterView, K8sExecutor, KubeApi
 from controller.plan import Plan, build_plan
-from controller.reconcile import Delete, Observed, Phase, Policy, State, counts, phase, reconcile
+from controller.reconcile import Delete, Launch, Observed, Phase, Policy, State, counts, phase, reconcile
 from controller.spec import Experiment, SpecError, validate_dict
 
 log = logging.getLogger("sftrl.operator")
@@ -100,7 +110,8 @@ def _condition(prev: list[dict[str, Any]], kind: str, ok: bool, reason: str, mes
 
 
 def build_status(plan: Plan, observed: Mapping[str, Observed], policy: Policy, cancelled: bool, generation: int,
-                 prev: Mapping[str, Any], problems: Mapping[str, str], now: float) -> dict[str, Any]:
+                 prev: Mapping[str, Any], problems: Mapping[str, str], now: float,
+                 attempts: Mapping[str, Attempt] | None = None) -> dict[str, Any]:
     """The Experiment status (schema: manifests/crds/sftrl.io_experiments.yaml) for one observation."""
     dag = plan.dag()
     ph = phase(dag, observed, policy, cancelled=cancelled)
@@ -121,30 +132,54 @@ def build_status(plan: Plan, observed: Mapping[str, Observed], policy: Policy, c
     return {"phase": ph.value, "observedGeneration": generation, "counts": n,
             "stages": {sid: observed.get(sid, Observed(State.PENDING)).state.value for sid in dag},
             **({"skipped": skipped} if (skipped := {s: w for s, w in gates.skipped(observed).items() if s in dag}) else {}),
+            "attempts": {sid: a.to_status() for sid, a in sorted((attempts or {}).items()) if sid in dag},
             "conditions": conds}
 
 
-def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any] | None:
+def merge_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The RFC 7386 merge patch turning ``old`` into ``new``: changed keys only, nested maps by key,
+    removed keys as null.
+
+    >>> merge_diff({"a": {"x": 1, "y": 2}, "b": 1}, {"a": {"x": 1, "z": 3}, "b": 1})
+    {'a': {'z': 3, 'y': None}}
+    >>> merge_diff({"a": {"x": 1}}, {"a": {}})   # {} would merge as "no change": remove by key
+    {'a': {'x': None}}
+    """
+    patch: dict[str, Any] = {}
+    for k, v in new.items():
+        o = old.get(k)
+        if isinstance(o, Mapping) and isinstance(v, Mapping) and k != "counts":
+            sub = merge_diff(o, v)
+            if sub:
+                patch[k] = sub
+        elif o != v:
+            patch[k] = v
+    patch.update({k: None for k in old if k not in new})
+    return patch
+
+
+def status_patch(old: Mapping[str, Any], new: Mapping[str, Any],
+                 resource_version: str | None = None) -> dict[str, Any] | None:
     """A JSON merge patch turning status ``old`` into ``new``, or None when they are equal.
 
-    Only changed keys are sent, and of ``stages`` only the stages whose state changed (removed
-    ones as null), so a cycle of a 10,000-stage experiment sends bytes, not the whole map.
+    Only changed keys are sent, and of ``stages`` and ``attempts`` only the stages that changed
+    (removed ones as null), so a cycle of a 10,000-stage experiment sends bytes, not the whole map.
+    With ``resource_version`` the patch is conditional: the API server answers 409 Conflict when the
+    object changed since it was read.
 
     >>> status_patch({"phase": "Running", "stages": {"a": "running", "b": "pending"}},
     ...              {"phase": "Running", "stages": {"a": "succeeded", "c": "pending"}})
     {'status': {'stages': {'a': 'succeeded', 'c': 'pending', 'b': None}}}
+    >>> status_patch({"phase": "Running"}, {"phase": "Failed"}, "42")
+    {'status': {'phase': 'Failed'}, 'metadata': {'resourceVersion': '42'}}
     """
-    patch: dict[str, Any] = {}
-    for k, v in new.items():
-        if k in ("stages", "skipped") and isinstance(old.get(k), dict) and isinstance(v, dict):
-            diff = {sid: st for sid, st in v.items() if old[k].get(sid) != st}
-            diff.update({sid: None for sid in old[k] if sid not in v})
-            if diff:
-                patch[k] = diff
-        elif old.get(k) != v:
-            patch[k] = v
-    patch.update({k: None for k in old if k not in new})
-    return {"status": patch} if patch else None
+    patch = merge_diff(old, new)
+    if not patch:
+        return None
+    out: dict[str, Any] = {"status": patch}
+    if resource_version:
+        out["metadata"] = {"resourceVersion": resource_version}
+    return out
 
 
 class _Metrics:
@@ -203,20 +238,30 @@ class Operator:
         if self.only:
             objs = [o for o in objs if o["metadata"]["name"] == self.only]
         self.view.refresh()
+        self.view.history = {}
         items = [(o, self._resolve(o)) for o in objs]
         live = {(k[0], k[1]) for k in self.tracked}
-        needed: dict[str, set[str]] = {}  # namespace -> stages live experiments need (cancel spares them)
+        # (namespace, storage key) -> stage -> the live experiments that need it: cancel spares those
+        # stages, and new jobs are owned by all of them (garbage-collected once all are deleted)
+        needed: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = {}
         for o, t in items:
             m = o["metadata"]
-            if t.plan is not None and not self._cancelled(o) and (o.get("status") or {}).get("phase") not in TERMINAL:
-                needed.setdefault(m.get("namespace") or "default", set()).update(t.plan.stages)
+            if t.plan is None:
+                continue
+            where = (m.get("namespace") or "default", render.storage_key(t.plan.root))
+            self.view.remember(*where, (o.get("status") or {}).get("attempts") or {})
+            if not self._cancelled(o) and (o.get("status") or {}).get("phase") not in TERMINAL:
+                users = needed.setdefault(where, {})
+                for sid in t.plan.stages:
+                    users.setdefault(sid, []).append(o)
         seen = set()
         for o, t in items:
             key = (o["metadata"].get("namespace") or "default", o["metadata"]["name"])
             seen.add(key)
             start = self.clock()
+            where = (key[0], render.storage_key(t.plan.root)) if t.plan is not None else (key[0], "")
             try:
-                self.phases[key] = self._reconcile_one(o, t, needed.get(key[0], set()))
+                self._reconcile_one(o, t, needed.get(where, {}))
             except ApiRejected as e:  # one experiment's permanent error must not stop the others
                 log.error("%s/%s: %s", key[0], key[1], e)
             c = (self._last_counts.get(key) or {})
@@ -258,7 +303,7 @@ class Operator:
             self.tracked[key] = t
         return t
 
-    def _reconcile_one(self, obj: Mapping[str, Any], t: _Tracked, needed: set[str]) -> str:
+    def _reconcile_one(self, obj: Mapping[str, Any], t: _Tracked, needed: Mapping[str, list[dict[str, Any]]]) -> None:
         m = obj["metadata"]
         ns, name, gen = m.get("namespace") or "default", m["name"], int(m.get("generation") or 1)
         prev = dict(obj.get("status") or {})
@@ -268,8 +313,11 @@ class Operator:
             status = {"phase": Phase.FAILED.value, "observedGeneration": gen,
                       "conditions": [_condition(list(prev.get("conditions") or []), "Valid", False, "SpecInvalid",
                                                 msg, gen, _now_iso(now))]}
-            self._write_status(ns, name, prev, status, obj, warn=("SpecInvalid", msg))
-            return status["phase"]
+            if prev.get("attempts"):  # the history outlives a bad edit of the spec
+                status["attempts"] = prev["attempts"]
+            if self._write_status(ns, name, prev, status, obj, warn=("SpecInvalid", msg))[0]:
+                self.phases[(ns, name)] = status["phase"]
+            return
         exp, plan = t.exp, t.plan
         ex = exp.spec.execution
         policy = Policy(max_attempts=ex.max_attempts, backoff_seconds=ex.backoff_seconds, max_parallel=ex.max_parallel)
@@ -277,21 +325,33 @@ class Operator:
         executor = K8sExecutor(self.api, exp, ns, self.view, max_actions=self.max_actions,
                                pushgateway=self.defaults.pushgateway, extra_env=self.defaults.pod_env,
                                events=lambda kind, reason, message: self.event(obj, kind, reason, message),
-                               clock=self.clock)
+                               clock=self.clock, owners=lambda sid: needed.get(sid) or [obj])
         observed = gates.observe(plan, executor.observe(plan), self.probe_signals)  # rl.min_signal: skip starved RL
         actions = reconcile(plan.dag(), observed, now, policy, cancel=cancel)
         if cancel:  # a shared stage keeps running while another live experiment needs it
             actions = [a for a in actions if not (isinstance(a, Delete) and a.stage in needed)]
+        rv = m.get("resourceVersion")
+        base = prev
+        launches = [a for a in executor.to_apply(plan, actions) if isinstance(a, Launch)]
+        if launches:  # the launches are written down BEFORE their jobs exist: no job without a record
+            intent = build_status(plan, {**observed, **{a.stage: Observed(State.RUNNING, a.attempt) for a in launches}},
+                                  policy, cancel, gen, prev, {}, now,
+                                  {**executor.attempts, **{a.stage: Attempt(a.attempt, "running") for a in launches}})
+            ok, rv = self._write_status(ns, name, base, intent, obj, rv=rv)
+            if not ok:
+                actions = [a for a in actions if not isinstance(a, Launch)]
+            else:
+                base = intent
         executor.apply(plan, actions)
         for sid, attempt in executor.launched:
             observed[sid] = Observed(State.RUNNING, attempt)
         problems = {**executor.rejected, **executor.storage_errors}
-        status = build_status(plan, observed, policy, cancel, gen, prev, problems, now)
-        self._forget_superseded(set(prev.get("stages") or {}) - set(plan.stages) - needed)
-        self._transitions(obj, plan, prev.get("stages") or {}, status["stages"], status.get("skipped"))
+        status = build_status(plan, observed, policy, cancel, gen, prev, problems, now, executor.attempts)
+        self._forget_superseded(set(prev.get("stages") or {}) - set(plan.stages) - set(needed))
         self._last_counts[(ns, name)] = status["counts"]
-        self._write_status(ns, name, prev, status, obj)
-        return status["phase"]
+        if self._write_status(ns, name, base, status, obj, rv=rv)[0]:
+            self._transitions(obj, plan, prev.get("stages") or {}, status["stages"], status.get("skipped"))
+            self.phases[(ns, name)] = status["phase"]
 
     def _forget_superseded(self, stage_ids: set[str]) -> None:
         """A resubmitted spec dropped these stages (and no live experiment needs them): delete their
@@ -306,15 +366,27 @@ class Operator:
             log.warning("%s", e)
 
     def _write_status(self, ns: str, name: str, prev: Mapping[str, Any], status: dict[str, Any],
-                      obj: Mapping[str, Any], warn: tuple[str, str] | None = None) -> None:
-        patch = status_patch(prev, status)
+                      obj: Mapping[str, Any], warn: tuple[str, str] | None = None,
+                      rv: str | None = None) -> tuple[bool, str | None]:
+        """Write the status if it changed, conditional on the resourceVersion this cycle read (or
+        ``rv``, after a write of its own). (False, _) when someone else wrote the Experiment
+        meanwhile (409): the next cycle reads it again. The second value: the resourceVersion now."""
+        rv = rv or (obj.get("metadata") or {}).get("resourceVersion")
+        patch = status_patch(prev, status, rv)
         if patch is None:
-            return
-        self.api.patch_experiment_status(ns, name, patch)
+            return True, rv
+        try:
+            out = self.api.patch_experiment_status(ns, name, patch)
+        except ApiRejected as e:
+            if e.status != 409:
+                raise
+            log.info("%s/%s changed since this cycle read it (409); its status is written next cycle", ns, name)
+            return False, rv
         if warn:
             self.event(obj, "Warning", *warn)
         if self.on_status:
             self.on_status(name, status)
+        return True, ((out or {}).get("metadata") or {}).get("resourceVersion")
 
     def _transitions(self, obj: Mapping[str, Any], plan: Plan, old: Mapping[str, str], new: Mapping[str, str],
                      reasons: Mapping[str, str] | None = None) -> None:

@@ -9,13 +9,17 @@ controller/kubernetes/executor.py round-trips every job through those models bef
 tests check that the round trip is lossless and that every job satisfies the real CRD schema and
 the training operator's webhook rules (``webhook_errors``).
 
-Names are deterministic: ``sftrl-<stage id>`` for the first attempt and ``sftrl-<stage id>-<n>``
-for attempt n, so a restarted operator finds (and never re-creates) a job it already created,
-and the attempts of a stage are counted from the jobs that exist.
+Names are deterministic and unique per storage root: ``sftrl-<stage id>-<store>`` for the first
+attempt and ``sftrl-<stage id>-<store>-<n>`` for attempt n, where ``<store>`` is 8 hex digits of
+the storage root's hash (label ``sftrl.io/storage``). So a restarted operator finds (and never
+re-creates) a job it already created, a stage shared by two experiments on one storage root is one
+job, and two experiments on different roots that plan the same stage id get a job each (their
+outputs differ). Jobs carry ownerReferences to the Experiments that need them, so deleting an
+Experiment garbage-collects its jobs (a shared job lives while one of its owners does).
 
->>> job_name("sft-0123456789ab"), job_name("sft-0123456789ab", 2)
-('sftrl-sft-0123456789ab', 'sftrl-sft-0123456789ab-2')
->>> stage_of_job("sftrl-sft-0123456789ab-2"), stage_of_job("sftrl-sft-679830671884")
+>>> job_name("sft-0123456789ab", "1a2b3c4d"), job_name("sft-0123456789ab", "1a2b3c4d", 2)
+('sftrl-sft-0123456789ab-1a2b3c4d', 'sftrl-sft-0123456789ab-1a2b3c4d-2')
+>>> stage_of_job("sftrl-sft-0123456789ab-1a2b3c4d-2"), stage_of_job("sftrl-sft-679830671884-12345678")
 (('sft-0123456789ab', 2), ('sft-679830671884', 1))
 """
 
@@ -23,12 +27,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from controller.plan import ID_HEX, Plan, Stage
 from controller.spec import Experiment
-from job_runtime.contract import EXIT_RETRYABLE, STAGE_JSON, StageConfig
-from job_runtime.io.storage import join
+from job_runtime.contract import EXIT_RETRYABLE, STAGE_JSON, STAGES_DIR, StageConfig
+from job_runtime.io.storage import join, normalize
 
 API_VERSION = "kubeflow.org/v1"
 KIND = "PyTorchJob"
@@ -44,6 +48,9 @@ L_NAME, L_PART_OF, L_COMPONENT, L_MANAGED_BY = (
     "app.kubernetes.io/name", "app.kubernetes.io/part-of", "app.kubernetes.io/component",
     "app.kubernetes.io/managed-by")
 L_EXPERIMENT, L_STAGE, L_KIND, L_ATTEMPT = "sftrl.io/experiment", "sftrl.io/stage", "sftrl.io/kind", "sftrl.io/attempt"
+L_STORAGE = "sftrl.io/storage"  # storage_key() of the stage's storage root
+EXPERIMENT_API_VERSION, EXPERIMENT_KIND = "sftrl.io/v1alpha1", "Experiment"
+STORE_HEX = 8
 A_RUN, A_CONFIG = "sftrl.io/run", "sftrl.io/config"
 SELECTOR = f"{L_PART_OF}=sftrl,{L_COMPONENT}=stage"  # every stage job, whichever experiment made it
 
@@ -67,19 +74,37 @@ class RenderError(ValueError):
     """An experiment setting cannot become a valid Kubernetes object; the message names it."""
 
 
-def job_name(stage_id: str, attempt: int = 1) -> str:
-    """The PyTorchJob name of a stage's attempt: DNS-1035, at most MAX_JOB_NAME characters."""
+def storage_key(root: str) -> str:
+    """8 hex digits identifying a storage root (its normalised URI's sha256).
+
+    >>> storage_key("s3://bucket/sftrl") == storage_key("s3://bucket/sftrl/"), len(storage_key("s3://b/p"))
+    (True, 8)
+    """
+    return hashlib.sha256(normalize(root).encode()).hexdigest()[:STORE_HEX]
+
+
+def stage_root(stage: Stage) -> str:
+    """The storage root a stage writes under (its output is ``<root>/stages/<id>``)."""
+    return stage.config.output.rsplit(f"/{STAGES_DIR}/", 1)[0]
+
+
+def job_name(stage_id: str, store: str, attempt: int = 1) -> str:
+    """The PyTorchJob name of a stage's attempt on one storage root: DNS-1035, at most MAX_JOB_NAME."""
     base = re.sub(r"[^a-z0-9-]+", "-", f"{PREFIX}-{stage_id}".lower()).strip("-")
-    suffix = "" if attempt <= 1 else f"-{attempt}"
+    suffix = f"-{store}" + ("" if attempt <= 1 else f"-{attempt}")
     if len(base) + len(suffix) > MAX_JOB_NAME:
         h = hashlib.sha256(base.encode()).hexdigest()[:8]
         base = f"{base[: MAX_JOB_NAME - len(suffix) - 9].rstrip('-')}-{h}"
     return base + suffix
 
 
+def stage_job_name(stage: Stage, attempt: int = 1) -> str:
+    return job_name(stage.id, storage_key(stage_root(stage)), attempt)
+
+
 def stage_of_job(name: str) -> tuple[str, int] | None:
     """(stage id, attempt) of a job name made by ``job_name``, or None for other names."""
-    m = re.match(rf"^{PREFIX}-([a-z]+-[0-9a-f]{{{ID_HEX}}})(?:-(\d+))?$", name)
+    m = re.match(rf"^{PREFIX}-([a-z]+-[0-9a-f]{{{ID_HEX}}})-[0-9a-f]{{{STORE_HEX}}}(?:-(\d+))?$", name)
     if not m:
         return None
     return m.group(1), int(m.group(2) or 1)
@@ -96,6 +121,23 @@ def stage_of(job: Mapping[str, Any]) -> tuple[str, int] | None:
     if labels.get(L_STAGE) and str(labels.get(L_ATTEMPT, "")).isdigit():
         return str(labels[L_STAGE]), int(labels[L_ATTEMPT])
     return stage_of_job(str(meta.get("name", "")))
+
+
+def store_of(job: Mapping[str, Any]) -> str | None:
+    """The storage key of a stage job (label ``sftrl.io/storage``, else its name), or None."""
+    meta = job.get("metadata") or {}
+    label = (meta.get("labels") or {}).get(L_STORAGE)
+    if label:
+        return str(label)
+    m = re.match(rf"^{PREFIX}-[a-z]+-[0-9a-f]{{{ID_HEX}}}-([0-9a-f]{{{STORE_HEX}}})(?:-\d+)?$", str(meta.get("name", "")))
+    return m.group(1) if m else None
+
+
+def owner_reference(experiment: Mapping[str, Any]) -> dict[str, Any]:
+    """An ownerReference to an Experiment object (its name and uid): cascade deletion of its jobs."""
+    meta = experiment.get("metadata") or {}
+    return {"apiVersion": EXPERIMENT_API_VERSION, "kind": EXPERIMENT_KIND, "name": str(meta["name"]),
+            "uid": str(meta["uid"])}
 
 
 def stage_config(stage: Stage, metrics_port: int | None = METRICS_PORT,
@@ -123,6 +165,7 @@ def labels(exp_name: str, stage: Stage, attempt: int = 1, queue: str | None = No
     out = {
         L_NAME: "sftrl", L_PART_OF: "sftrl", L_COMPONENT: "stage", L_MANAGED_BY: "sftrl-operator",
         L_EXPERIMENT: exp_name, L_STAGE: stage.id, L_KIND: stage.kind, L_ATTEMPT: str(attempt),
+        L_STORAGE: storage_key(stage_root(stage)),
     }
     if queue:
         out[QUEUE_LABEL] = queue
@@ -222,8 +265,12 @@ def _validate_names(exp: Experiment) -> None:
 
 
 def render_job(stage: Stage, exp: Experiment, attempt: int = 1, namespace: str | None = None,
-               extra_env: Mapping[str, str] | None = None) -> dict[str, Any]:
+               extra_env: Mapping[str, str] | None = None,
+               owners: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """The PyTorchJob of one attempt of a stage, as a plain dict ready for the API server.
+
+    ``owners``: the Experiment objects (with metadata.uid) that need the stage; each becomes an
+    ownerReference, so the job is garbage-collected once all of them are deleted.
 
     >>> from controller.spec import validate_dict
     >>> from controller.plan import build_plan
@@ -233,7 +280,7 @@ def render_job(stage: Stage, exp: Experiment, attempt: int = 1, namespace: str |
     ...     "scales": [1000], "methods": ["sft"], "resources": {"default": {"gpus_per_node": 8}}}})
     >>> stage = next(s for s in build_plan(exp).stages.values() if s.kind == "sft")
     >>> job = render_job(stage, exp)
-    >>> job["metadata"]["name"] == job_name(stage.id), sorted(job["spec"]["pytorchReplicaSpecs"])
+    >>> job["metadata"]["name"] == job_name(stage.id, storage_key("s3://b/p")), sorted(job["spec"]["pytorchReplicaSpecs"])
     (True, ['Master'])
     """
     _validate_names(exp)
@@ -247,15 +294,19 @@ def render_job(stage: Stage, exp: Experiment, attempt: int = 1, namespace: str |
         replicas["Worker"] = {"replicas": nodes - 1, "restartPolicy": "ExitCode",
                               "template": _template(stage, exp, attempt, gpus, env, rank0=False)}
     meta_labels = labels(exp.metadata.name, stage, attempt, exp.spec.kubernetes.queue)
+    metadata: dict[str, Any] = {
+        "name": stage_job_name(stage, attempt),
+        "namespace": namespace or exp.spec.kubernetes.namespace,
+        "labels": meta_labels,
+        "annotations": {A_RUN: stage.labels.run, A_CONFIG: config_uri(stage)},
+    }
+    refs = {r["uid"]: r for r in (owner_reference(o) for o in owners)}
+    if refs:
+        metadata["ownerReferences"] = sorted(refs.values(), key=lambda r: (r["name"], r["uid"]))
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
-        "metadata": {
-            "name": job_name(stage.id, attempt),
-            "namespace": namespace or exp.spec.kubernetes.namespace,
-            "labels": meta_labels,
-            "annotations": {A_RUN: stage.labels.run, A_CONFIG: config_uri(stage)},
-        },
+        "metadata": metadata,
         "spec": {
             "nprocPerNode": str(gpus if gpus > 0 else 1),
             "pytorchReplicaSpecs": replicas,

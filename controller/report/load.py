@@ -20,12 +20,12 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from controller.report.model import Curve, ExperimentData, Report, ReportResult, StageState
+from controller import status as stage_status
+from controller.report.model import Curve, DataUse, ExperimentData, Report, ReportResult, StageState
 from controller.report.stats import (
     BenchResult,
     PairResult,
@@ -38,6 +38,7 @@ from controller.report.stats import (
     rl_summary,
     split_columns,
 )
+from job_runtime.io import scratch
 from job_runtime.io import storage as sto
 from job_runtime.contract import (
     LOG_TXT,
@@ -157,18 +158,34 @@ def load_metrics(root: str, stage_id: str, issues: list[str], complete: bool = T
     return sorted(rows, key=lambda r: r["step"])
 
 
-def _stage_state(root: str, sid: str) -> str:
+def _stage_state(root: str, sid: str, kind: str) -> StageState:
+    st = stage_status.stage_status(stage_uri(root, sid))
+    return StageState(sid, kind, st.state, st.reason, st.log)
+
+
+def load_data_use(root: str, run: str, sid: str, kind: str, issues: list[str]) -> DataUse | None:
+    """The rows a finished training stage used and skipped (results.json ``data``, else the manifest's)."""
     uri = stage_uri(root, sid)
-    if sto.is_complete(uri):
-        return "done"
-    if any(sto.exists(sto.join(uri, f)) for f in (STAGE_JSON, METRICS_JSONL, RESULTS_JSON, LOG_TXT)):
-        return "started"
-    return "waiting"
+    data: Any = None
+    try:
+        if sto.exists(sto.join(uri, RESULTS_JSON)):
+            data = (sto.read_json(sto.join(uri, RESULTS_JSON)) or {}).get("data")
+        if not isinstance(data, dict):
+            data = ((sto.read_manifest(uri) or {}).get("data"))
+    except (json.JSONDecodeError, AttributeError):
+        data = None
+    if not isinstance(data, dict):
+        return None
+    try:
+        skipped = {str(k): int(v) for k, v in (data.get("skipped") or {}).items()}
+        return DataUse(run, sid, kind, str(data.get("source", "")), int(data.get("total") or 0), int(data.get("used") or 0), skipped)
+    except (TypeError, ValueError, AttributeError):
+        issues.append(f"stages/{sid}: its data record is malformed, because the skipped counts are not numbers. Re-run the stage.")
+        return None
 
 
-def load_experiment(root: str, name: str) -> ExperimentData:
-    """Everything the report needs from storage."""
-    root = sto.normalize(root)
+def read_plan(root: str, name: str) -> dict[str, Any]:
+    """experiments/<name>/plan.json (what the last `sftrl run` of that name saved)."""
     plan_uri = sto.join(experiment_uri(root, name), PLAN_JSON)
     if not sto.exists(plan_uri):
         raise ReportError(
@@ -176,37 +193,53 @@ def load_experiment(root: str, name: str) -> ExperimentData:
             "Run `sftrl run <experiment.yaml>` first, or pass --storage with the experiment's storage root."
         )
     try:
-        plan = sto.read_json(plan_uri)
+        return sto.read_json(plan_uri)
     except json.JSONDecodeError as e:
         raise ReportError(f"{plan_uri} is not valid JSON, because {e}. Re-run `sftrl run` to rewrite the plan.") from None
+
+
+def load_experiment(root: str, name: str, plan: dict[str, Any] | None = None) -> ExperimentData:
+    """Everything the report needs from storage, for ``plan`` (a Plan.to_json(); default: the saved plan.json)."""
+    root = sto.normalize(root)
+    if plan is None:
+        plan = read_plan(root, name)
     issues: list[str] = []
     infos = _parse_runs(plan, issues)
     stages = plan.get("stages") or {}
     runs = [load_eval(root, i, issues) for i in infos]
     benchmarks = list(plan.get("benchmarks") or sorted({b for r in runs for b in r.results}))
-    state: dict[str, str] = {}
+    state: dict[str, StageState] = {}
     progress: dict[str, list[StageState]] = {}
     curves: list[Curve] = []
+    data: list[DataUse] = []
     for info in infos:
         progress[info.run] = []
         for sid in (*info.train, info.eval):
+            kind = (stages.get(sid) or {}).get("kind", "?")
             if sid not in state:
-                state[sid] = _stage_state(root, sid)
-                kind = (stages.get(sid) or {}).get("kind", "?")
-                if kind == "rl" and state[sid] != "waiting":
-                    done = state[sid] == "done"
-                    curves.append(Curve(info.run, sid, done, load_metrics(root, sid, issues, complete=done)))
-            progress[info.run].append(StageState(sid, (stages.get(sid) or {}).get("kind", "?"), state[sid]))
+                state[sid] = _stage_state(root, sid, kind)
+                if kind == "rl" and state[sid].state != "waiting":
+                    done = state[sid].state == "done"
+                    curves.append(Curve(info.run, sid, done, load_metrics(root, sid, issues, complete=done), state[sid].state))
+                if kind in ("sft", "rl") and state[sid].state == "done":
+                    use = load_data_use(root, info.run, sid, kind, issues)
+                    if use is not None:
+                        data.append(use)
+            progress[info.run].append(state[sid])
     from controller.report import pipeline
 
-    done = {sid: state[sid] == "done" if sid in state else sto.is_complete(stage_uri(root, sid)) for sid in stages}
-    pipe = pipeline.load(root, plan, done)
+    finished = {sid: state[sid].state == "done" if sid in state else sto.is_complete(stage_uri(root, sid)) for sid in stages}
+    pipe = pipeline.load(root, plan, finished)
     for rd in runs:
         rd.skipped = pipe.skipped.get(rd.info.eval)
-    for st_list in progress.values():
-        for st in st_list:
-            st.state = "skipped" if st.id in pipe.skipped else st.state
-    return ExperimentData(str(plan.get("experiment", name)), root, benchmarks, runs, progress, curves, issues, pipe)
+    for st in state.values():  # rl.min_signal: a gated stage and what follows it read "skipped", not "waiting"
+        if st.id in pipe.skipped and st.state != "done":
+            st.state, st.reason = "skipped", pipe.skipped[st.id]
+    for info in infos:  # a run whose eval stage is done is complete, though a parent may be invalid now
+        if any(s.state == "incomplete" for s in progress[info.run]):
+            bad = next(s for s in progress[info.run] if s.state == "incomplete")
+            issues.append(f"{info.run}: stage {bad.id} is not done, because {bad.reason}; `sftrl run` will redo it.")
+    return ExperimentData(str(plan.get("experiment", name)), root, benchmarks, runs, progress, curves, issues, data, pipe)
 
 
 # --- the pure part ----------------------------------------------------------------------------
@@ -228,6 +261,7 @@ def compute_report(data: ExperimentData, cfg: ReportConfig = ReportConfig(), gen
         stages=data.stages,
         runs=data.runs,
         issues=data.issues,
+        data=data.data,
         pipeline=data.pipeline,
     )
 
@@ -235,11 +269,13 @@ def compute_report(data: ExperimentData, cfg: ReportConfig = ReportConfig(), gen
 # --- entry points -----------------------------------------------------------------------------
 
 
-def build_report(root_uri: str, experiment_name: str, out_dir: str | None = None, cfg: ReportConfig = ReportConfig()) -> ReportResult:
+def build_report(root_uri: str, experiment_name: str, out_dir: str | None = None, cfg: ReportConfig = ReportConfig(),
+                 plan: dict[str, Any] | None = None) -> ReportResult:
     """Write report.md, report.html, CSVs and PNGs for an experiment; returns what was written.
 
     ``out_dir`` is a path or a storage URI (default ``<root>/experiments/<name>/report``). Works
-    on a finished or a still-running experiment.
+    on a finished or a still-running experiment. ``plan`` (a Plan.to_json()) is what to report;
+    default: the plan.json the last run of that name saved.
     """
     try:
         from controller.report import render as report_render  # matplotlib only when a report is written
@@ -249,11 +285,11 @@ def build_report(root_uri: str, experiment_name: str, out_dir: str | None = None
         raise ReportError(f"Cannot draw the report's plots, because {e}. Do: pip install 'sftrl[report]' (matplotlib).") from None
 
     root = sto.normalize(root_uri)
-    data = load_experiment(root, experiment_name)
+    data = load_experiment(root, experiment_name, plan)
     rep = compute_report(data, cfg)
     out = sto.normalize(out_dir) if out_dir else sto.join(experiment_uri(root, experiment_name), REPORT_DIR)
     tmp = None
-    local = sto.local_path(out) if sto.is_local(out) else Path(tmp := tempfile.mkdtemp(prefix="sftrl-report-"))
+    local = sto.local_path(out) if sto.is_local(out) else (tmp := scratch.mkdtemp("report"))
     try:
         files = report_render.write_all(rep, local)
         if tmp is not None:
@@ -261,7 +297,7 @@ def build_report(root_uri: str, experiment_name: str, out_dir: str | None = None
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    return ReportResult(out, files, report_render.text_table(rep.main, rep.mm_cols), rep)
+    return ReportResult(out, files, report_render.text_table(rep.main, rep.mm_cols, failed_runs=rep.failed_runs), rep)
 
 
 def main_table_text(root_uri: str, experiment_name: str, width: int | None = None) -> str:
@@ -274,7 +310,8 @@ def main_table_text(root_uri: str, experiment_name: str, width: int | None = Non
     data = load_experiment(sto.normalize(root_uri), experiment_name)
     main_cols, mm_cols, _ = split_columns(data.benchmarks)
     cfg = ReportConfig()
-    return text_table(build_table(data.runs, main_cols, mm_cols, cfg), mm_cols, width)
+    failed = {run for run, st in data.stages.items() if any(s.state == "failed" for s in st)}
+    return text_table(build_table(data.runs, main_cols, mm_cols, cfg), mm_cols, width, failed)
 
 
 def summary_text(root_uri: str, experiment_name: str, out_dir: str | None = None, width: int | None = None) -> str:
@@ -292,8 +329,27 @@ def summary_text(root_uri: str, experiment_name: str, out_dir: str | None = None
             f"(details: {sto.join(res.out, 'report.html')})")
     from controller.report.pipeline import signal_lines
 
-    return "\n\n".join([text_table(rep.main, rep.mm_cols, width), *_versus_base(rep), *_signal_lines(rep),
-                        *signal_lines(rep.pipeline), line])
+    return "\n\n".join([text_table(rep.main, rep.mm_cols, width, rep.failed_runs), *_versus_base(rep),
+                         *_signal_lines(rep), *signal_lines(rep.pipeline), *_data_lines(rep), *_failed_lines(rep), line])
+
+
+def _data_lines(rep: Report) -> list[str]:
+    """Skipped training rows, added up by reason over every finished training stage."""
+    from controller.report.render import skipped_summary
+
+    total, text = skipped_summary(rep.data)
+    if not total:
+        return []
+    return [f"Training data: {total} rows skipped ({text}); per stage in the report's Training data section."]
+
+
+def _failed_lines(rep: Report) -> list[str]:
+    failed = rep.failed_stages
+    if not failed:
+        return []
+    lines = [f"  {sid} ({run}): {s.reason or 'no error line recorded'}; log: {s.log or 'not recorded'}"
+             for sid, (run, s) in failed.items()]
+    return [f"{len(failed)} stage(s) failed (their cells read 'failed'):\n" + "\n".join(lines)]
 
 
 def _versus_base(rep: Report) -> list[str]:
@@ -368,16 +424,22 @@ def resolve_experiment(experiment: str, storage_root: str | None, resolver: Spec
     return sto.normalize(storage_root or DEFAULT_STORAGE), experiment
 
 
-def report_command(experiment: str, out: str | None = None, storage: str | None = None, resolver: SpecResolver | None = None) -> int:
+def report_command(experiment: str, out: str | None = None, storage: str | None = None, resolver: SpecResolver | None = None,
+                   plan: dict[str, Any] | None = None) -> int:
     """CLI glue for ``sftrl report``: write the report, print where it is and the main table.
 
     ``experiment``: an experiment file (.yaml), a storage URI of ``experiments/<name>``, or a name
     under ``storage`` (default ./runs). ``resolver`` maps an experiment file to (name, storage)
-    (default: read metadata.name and spec.storage with PyYAML). Returns the exit code.
+    (default: read metadata.name and spec.storage with PyYAML). ``plan`` (a Plan.to_json(), as
+    ``sftrl report FILE`` builds from the file) is reported instead of the saved plan.json.
+    Returns the exit code.
     """
     try:
-        root, name = resolve_experiment(experiment, storage, resolver)
-        res = build_report(root, name, out)
+        if plan is not None:
+            root, name = sto.normalize(str(plan["storage"])), str(plan["experiment"])
+        else:
+            root, name = resolve_experiment(experiment, storage, resolver)
+        res = build_report(root, name, out, plan=plan)
     except (ReportError, sto.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

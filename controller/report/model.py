@@ -17,7 +17,22 @@ from controller.report.stats import PairResult, ReportConfig, RunData, Table
 class StageState:
     id: str
     kind: str
-    state: str  # done | started | waiting
+    state: str  # done | failed | incomplete | started | waiting (controller.status)
+    reason: str | None = None  # failed: the error line; incomplete: the file that does not match
+    log: str | None = None  # failed: where the attempt's log is
+
+
+@dataclass
+class DataUse:
+    """What a finished training stage read: rows used of those available, and skipped rows by reason."""
+
+    run: str
+    stage: str
+    kind: str
+    source: str
+    total: int
+    used: int
+    skipped: dict[str, int]
 
 
 @dataclass
@@ -28,6 +43,7 @@ class Curve:
     stage: str
     complete: bool
     rows: list[dict[str, Any]]
+    state: str = ""  # done | failed | started (controller.status); "" when unknown
 
 
 @dataclass
@@ -39,6 +55,7 @@ class ExperimentData:
     stages: dict[str, list[StageState]]  # run -> its stages in order (train..., eval)
     curves: list[Curve]
     issues: list[str] = field(default_factory=list)
+    data: list[DataUse] = field(default_factory=list)
     pipeline: Pipeline = field(default_factory=Pipeline)  # distillation, decontamination, probes
 
 
@@ -56,11 +73,27 @@ class Report:
     stages: dict[str, list[StageState]]
     runs: list[RunData]
     issues: list[str]
+    data: list[DataUse] = field(default_factory=list)
     pipeline: Pipeline = field(default_factory=Pipeline)
 
     @property
     def n_complete(self) -> int:
         return sum(r.complete for r in self.runs)
+
+    @property
+    def failed_runs(self) -> set[str]:
+        """Runs with a failed stage: their cells read 'failed', not 'pending'."""
+        return {run for run, st in self.stages.items() if any(s.state == "failed" for s in st)}
+
+    @property
+    def failed_stages(self) -> dict[str, tuple[str, StageState]]:
+        """stage id -> (first run using it, its state) for every failed stage."""
+        out: dict[str, tuple[str, StageState]] = {}
+        for run, st in self.stages.items():
+            for s in st:
+                if s.state == "failed" and s.id not in out:
+                    out[s.id] = (run, s)
+        return out
 
 
 @dataclass

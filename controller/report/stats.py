@@ -4,22 +4,31 @@ Inputs are :class:`RunData` (what storage holds for one planned run); outputs ar
 :class:`Value` cells and :class:`PairResult` comparisons that ``report.render`` turns into
 Markdown, HTML, CSV, text and plots.
 
-Uncertainty, stated once:
+Uncertainty, stated once. Every interval stays honest at 0% and 100%: a bootstrap over items
+collapses there to a zero-width interval ([0, 0] for 0 of 64 correct), which claims certainty
+that 64 items cannot give.
 
-- 95% interval of an accuracy: percentile bootstrap over items. Resampling n binary items with
-  replacement makes the number correct exactly Binomial(n, k/n), so a resample is drawn as one
-  binomial variate (identical in distribution, O(1) memory). A fresh ``numpy.random.default_rng
-  (seed)`` is used for each interval, so every interval is reproducible on its own.
-- An average over benchmarks: stratified bootstrap (each benchmark resampled independently).
-- A paired difference: items resampled jointly (multinomial over the four right/wrong cells).
+- 95% interval of an accuracy: the Wilson score interval (Wilson 1927; recommended by Brown, Cai
+  and DasGupta 2001), closed form, never zero-width.
+- An average over benchmarks: each benchmark's accuracy drawn from its Jeffreys posteriors
+  Beta(k + 1/2, n - k + 1/2), independently, ``n_resamples`` times (seeded), and the percentile
+  interval of their mean. For one benchmark this is the Jeffreys interval.
+- A paired difference acc(A) - acc(B) on the same items: Newcombe's hybrid score interval for paired
+  proportions (Newcombe 1998, Stat Med 17:2635, method 10; Altman et al. 2000, "Statistics with
+  confidence", p. 52): Wilson intervals of both accuracies combined with the correlation of the
+  pairs. The same formula as biostatUZH's ``confIntPairedProportion`` and contingencytables'
+  ``Newcombe_square_and_add_CI_paired_2x2``.
 - SFT vs RL: exact McNemar test, i.e. a two-sided exact binomial test (p = 1/2) on the
-  discordant items; "A beats B" only when p < alpha.
+  discordant items; "A beats B" only when p < alpha. Holm-adjusted p-values over every test
+  that ran are attached for reference.
 - Seeds: mean, sample std (ddof=1) and min-max across the seeds that finished.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -45,7 +54,7 @@ SKIPPED = "skipped"  # not run on purpose (e.g. rl.min_signal ruled out a starve
 
 @dataclass(frozen=True)
 class ReportConfig:
-    n_resamples: int = 2000
+    n_resamples: int = 2000  # Monte Carlo draws of the interval of an average over benchmarks
     seed: int = 0
     alpha: float = 0.05
 
@@ -77,7 +86,7 @@ class BenchResult:
     @property
     def itemwise(self) -> bool:
         """The headline is the plain accuracy over the items (e.g. 'accuracy', HallusionBench's
-        aAcc), so a bootstrap over items is its interval; not so for We-Math's strict score."""
+        aAcc), so an interval of a proportion of items is its interval; not so for We-Math's strict score."""
         return bool(self.items) and abs(self.score - sum(self.items.values()) / len(self.items)) <= 1e-6
 
 
@@ -95,7 +104,7 @@ class Value:
 
     status: str = PENDING  # ok | pending | n/a
     mean: float | None = None
-    lo: float | None = None  # 95% bootstrap interval (one seed)
+    lo: float | None = None  # 95% interval (one seed): Wilson, or Jeffreys draws for an average
     hi: float | None = None
     std: float | None = None  # across seeds (two or more)
     min: float | None = None
@@ -154,47 +163,82 @@ class PairResult:
 # --- primitives -------------------------------------------------------------------------------
 
 
-def bootstrap_ci(k: int, n: int, cfg: ReportConfig = ReportConfig()) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of an accuracy of k correct out of n items.
+def _z(alpha: float) -> float:
+    """Two-sided standard normal quantile: 1.959964 for alpha 0.05."""
+    return NormalDist().inv_cdf(1 - alpha / 2)
 
-    >>> lo, hi = bootstrap_ci(50, 100)
-    >>> 0.39 < lo < 0.42 and 0.58 < hi < 0.61
-    True
+
+def wilson_ci(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Wilson score interval of a proportion of k out of n.
+
+    >>> [round(x, 4) for x in wilson_ci(0, 64)], [round(x, 4) for x in wilson_ci(64, 64)]
+    ([0.0, 0.0566], [0.9434, 1.0])
     """
     if n <= 0:
-        raise ValueError("bootstrap_ci needs at least one item")
-    rng = np.random.default_rng(cfg.seed)
-    acc = rng.binomial(n, k / n, size=cfg.n_resamples) / n
-    lo, hi = np.quantile(acc, [cfg.alpha / 2, 1 - cfg.alpha / 2])
-    return float(lo), float(hi)
+        raise ValueError("an interval needs at least one item")
+    z = _z(alpha)
+    p = k / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def accuracy_ci(k: int, n: int, cfg: ReportConfig = ReportConfig()) -> tuple[float, float]:
+    """95% (1 - cfg.alpha) interval of an accuracy of k correct out of n items: Wilson's.
+
+    >>> lo, hi = accuracy_ci(50, 100)
+    >>> 0.40 < lo < 0.41 and 0.59 < hi < 0.60
+    True
+    """
+    return wilson_ci(k, n, cfg.alpha)
 
 
 def stratified_mean_ci(counts: Sequence[tuple[int, int]], cfg: ReportConfig = ReportConfig()) -> tuple[float, float]:
-    """Interval of the mean of several accuracies [(k, n), ...], each benchmark resampled alone.
+    """Interval of the mean of several accuracies [(k, n), ...], each drawn from its Jeffreys posterior.
 
     >>> lo, hi = stratified_mean_ci([(50, 100), (80, 100)])
     >>> lo < 0.65 < hi
     True
+    >>> stratified_mean_ci([(0, 50), (0, 80)])[1] > 0   # never [0, 0]
+    True
     """
+    if not counts or any(n <= 0 for _, n in counts):
+        raise ValueError("an interval needs at least one item per benchmark")
     rng = np.random.default_rng(cfg.seed)
-    draws = np.stack([rng.binomial(n, k / n, size=cfg.n_resamples) / n for k, n in counts])
+    draws = np.stack([rng.beta(k + 0.5, n - k + 0.5, size=cfg.n_resamples) for k, n in counts])
     lo, hi = np.quantile(draws.mean(axis=0), [cfg.alpha / 2, 1 - cfg.alpha / 2])
     return float(lo), float(hi)
 
 
 def paired_diff_ci(both: int, a_only: int, b_only: int, neither: int, cfg: ReportConfig = ReportConfig()) -> tuple[float, float]:
-    """Interval of acc(A) - acc(B) on the same items, resampling items jointly.
+    """Newcombe's hybrid score interval of acc(A) - acc(B) on the same items (see the module docstring).
 
     >>> lo, hi = paired_diff_ci(40, 30, 10, 20)
     >>> 0.05 < lo < 0.2 < hi < 0.35
     True
+    >>> lo, hi = paired_diff_ci(50, 0, 0, 0)   # all items right for both: not a certain 0
+    >>> lo < 0 < hi
+    True
     """
     n = both + a_only + b_only + neither
-    rng = np.random.default_rng(cfg.seed)
-    cells = rng.multinomial(n, np.array([both, a_only, b_only, neither]) / n, size=cfg.n_resamples)
-    diff = (cells[:, 1] - cells[:, 2]) / n
-    lo, hi = np.quantile(diff, [cfg.alpha / 2, 1 - cfg.alpha / 2])
-    return float(lo), float(hi)
+    if n <= 0:
+        raise ValueError("an interval needs at least one item")
+    p1, p2 = (both + a_only) / n, (both + b_only) / n
+    l1, u1 = wilson_ci(both + a_only, n, cfg.alpha)
+    l2, u2 = wilson_ci(both + b_only, n, cfg.alpha)
+    margins = (both + a_only) * (b_only + neither) * (both + b_only) * (a_only + neither)
+    phi = 0.0
+    if margins > 0:
+        cross = both * neither - a_only * b_only
+        if cross > n / 2:
+            phi = (cross - n / 2) / math.sqrt(margins)
+        elif cross < 0:
+            phi = cross / math.sqrt(margins)
+    d = p1 - p2
+    lo = d - math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    hi = d + math.sqrt(max(0.0, (p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2))
+    return max(-1.0, lo), min(1.0, hi)
 
 
 def mcnemar_exact(a_only: int, b_only: int) -> float:
@@ -302,7 +346,7 @@ def signal_series(rows: Sequence[dict]) -> tuple[list[float], list[float]]:
 
 
 def run_value(rd: RunData, column: str, mm_cols: Sequence[str], cfg: ReportConfig) -> Value:
-    """One run's cell: the headline score and its bootstrap interval over items."""
+    """One run's cell: the headline score and its interval over items."""
     if rd.skipped and not rd.complete:
         return Value(SKIPPED, note=rd.skipped)
     if not rd.complete:
@@ -324,7 +368,7 @@ def run_value(rd: RunData, column: str, mm_cols: Sequence[str], cfg: ReportConfi
         return Value(NA, note="not in results.json")
     v = Value(OK, mean=res.score, n_seeds=1, n_items=len(res.items) or None)
     if res.itemwise:
-        v.lo, v.hi = bootstrap_ci(sum(res.items.values()), len(res.items), cfg)
+        v.lo, v.hi = accuracy_ci(sum(res.items.values()), len(res.items), cfg)
     elif res.items:
         v.note = f"metric {res.metric} is not item accuracy: no item interval"
     return v

@@ -83,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     except UnknownBenchmark as e:
         print(str(e), file=sys.stderr)
         return 2
+    out_uri = args.output if "://" in args.output else storage.normalize(args.output)
+    why = storage.unwritable_reason(out_uri, folder=False)  # checked before any scoring work is done
+    if why:
+        print(f"--output {args.output}: {why}. Choose a writable path.", file=sys.stderr)
+        return 2
     try:
         text = _read(args.input)
     except (OSError, storage.StorageError) as e:
@@ -107,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     out = [json.dumps({**r, "extracted": v.extracted, "correct": bool(v.correct), "method": v.method,
                        "protocol": args.protocol}, ensure_ascii=False)
            for r, v in zip(rows, verdicts)]
-    _write(args.output, "\n".join(out) + "\n")
+    try:
+        _write(args.output, "\n".join(out) + "\n")
+    except (OSError, storage.StorageError) as e:
+        print(f"cannot write --output {args.output}, because {e}. Choose a writable path.", file=sys.stderr)
+        return 2
     entry = result_entry(bench, rows, verdicts, scorer, args.protocol)
     correct = sum(v.correct for v in verdicts)
     left = f"; {len(problems)} malformed line{'s' if len(problems) != 1 else ''} left out" if problems else ""

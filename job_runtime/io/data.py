@@ -63,7 +63,12 @@ class DataError(ValueError):
 
 
 class RowError(ValueError):
-    """One malformed row (counted and skipped)."""
+    """One malformed row (counted and skipped). ``reason`` is a fixed phrase, so skipped rows add up
+    by reason; ``detail`` (a file name, a line number) goes only into the examples."""
+
+    def __init__(self, reason: str, detail: str | None = None):
+        super().__init__(reason if detail is None else f"{reason} ({detail})")
+        self.reason, self.detail = reason, detail
 
 
 @dataclass
@@ -76,10 +81,10 @@ class DataReport:
     skipped: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
 
-    def skip(self, index: int, why: str) -> None:
+    def skip(self, index: int, why: str, detail: str | None = None) -> None:
         self.skipped[why] += 1
         if len(self.examples) < 5:
-            self.examples.append(f"row {index}: {why}")
+            self.examples.append(f"row {index}: {why}" + (f" ({detail})" if detail else ""))
 
     def summary(self) -> str:
         """One line for the log and the manifest.
@@ -127,7 +132,7 @@ def _read_file(uri: str) -> list[dict[str, Any]]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    rows.append({"_error": f"line {i + 1} is not JSON ({e.msg})"})
+                    rows.append({"_error": "not JSON", "_detail": f"line {i + 1}: {e.msg}"})
         return rows
     if name.endswith(".json"):
         obj = json.loads(data)
@@ -201,7 +206,7 @@ def _image_bytes(value: Any, base: str) -> bytes:
         try:
             return storage.read_bytes(storage.normalize(uri))
         except storage.StorageError:
-            raise RowError(f"image file {value} not found") from None
+            raise RowError("image file not found", value) from None
     raise RowError("no image")
 
 
@@ -226,6 +231,8 @@ def _images(row: dict[str, Any], base: str) -> list[bytes]:
 
 
 def _clean_question(text: Any) -> str:
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        text = str(text)  # a question may be just a number (e.g. "12345" read by a parquet or JSON reader)
     if not isinstance(text, str) or not text.replace("<image>", "").strip():
         raise RowError("no question")
     text = text.replace("<image>", "").strip()
@@ -253,7 +260,7 @@ def sft_row(row: dict[str, Any], base: str = "") -> dict[str, Any]:
     >>> r = sft_row({"image": b"x", "question": "Q?", "trace": "<think>t</think> \\\\boxed{1}"})  # doctest: +SKIP
     """
     if "_error" in row:
-        raise RowError(row["_error"])
+        raise RowError(row["_error"], row.get("_detail"))
     images = _images(row, row.get("_base", base))
     msgs = _first(row, MESSAGE_KEYS)
     if msgs is not None:
@@ -275,7 +282,7 @@ def sft_row(row: dict[str, Any], base: str = "") -> dict[str, Any]:
 def rl_row(row: dict[str, Any], base: str = "") -> dict[str, Any]:
     """A raw row as TRL GRPO input: {image, prompt, answer, choices, id}. Raises RowError."""
     if "_error" in row:
-        raise RowError(row["_error"])
+        raise RowError(row["_error"], row.get("_detail"))
     images = _images(row, row.get("_base", base))
     answer = _first(row, ANSWER_KEYS)
     if answer is None or not str(answer).strip():
@@ -355,7 +362,7 @@ def select(uri: str, convert: Callable[[dict[str, Any], str], dict[str, Any]], s
                 raise RowError(why)
             out.append(converted)
         except RowError as e:
-            report.skip(i, str(e))
+            report.skip(i, e.reason, e.detail)
     report.used = len(out)
     if report.skipped:
         log.warning("%s", report.summary())

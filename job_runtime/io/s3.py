@@ -464,6 +464,42 @@ class S3Backend:
             rel for rel in self._keys(uri) if not rel.endswith("/") and not rel.rsplit("/", 1)[-1].startswith(".")
         )
 
+    def sizes(self, uri: str) -> dict[str, int]:
+        """Relative key -> size of every object under the prefix (one listing)."""
+        return {rel: size for rel, (size, _) in self.etags(uri).items()}
+
+    def head(self, uri: str) -> dict[str, Any] | None:
+        """{size, etag} of the object named uri, or None when there is none."""
+        bucket, key = self._bucket(uri)
+
+        def head() -> dict[str, Any] | None:
+            try:
+                r = self.client.head_object(Bucket=bucket, Key=key)
+            except bex.ClientError as exc:
+                if _status(exc) == "404":
+                    return None
+                raise
+            return {"size": int(r["ContentLength"]), "etag": str(r.get("ETag", "")).strip('"')}
+
+        return self._retry("check", uri, head)
+
+    def etags(self, uri: str) -> dict[str, tuple[int, str]]:
+        """Relative key -> (size, ETag) of every object under the prefix (one listing)."""
+        bucket, key = self._bucket(uri)
+        prefix = f"{key}/" if key else ""
+
+        def collect() -> dict[str, tuple[int, str]]:
+            out: dict[str, tuple[int, str]] = {}
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": self.list_page_size}
+            )
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    out[obj["Key"][len(prefix) :]] = (int(obj["Size"]), str(obj.get("ETag", "")).strip('"'))
+            return {rel: v for rel, v in out.items() if rel and not rel.endswith("/")}
+
+        return self._retry("list", uri, collect)
+
     def _keys(self, uri: str) -> list[str]:
         """Every key under uri/, relative, including dot-files and folder markers."""
         bucket, key = self._bucket(uri)
@@ -511,6 +547,78 @@ class S3Backend:
                     f"Cannot delete {len(errors)} objects under {uri}, because S3 answered {first.get('Code')}: "
                     f"{first.get('Message')} (e.g. {first.get('Key')}). Check s3:DeleteObject on bucket '{bucket}'."
                 )
+
+    # --- conditional writes (leases): S3's If-None-Match / If-Match, the ETag as the version -------
+
+    def create_if_absent(self, uri: str, data: bytes) -> str | None:
+        bucket, key = self._bucket(uri)
+
+        def put() -> str | None:
+            try:
+                return str(self.client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")["ETag"])
+            except bex.ClientError as exc:
+                if _condition_failed(exc):
+                    return None
+                raise self._unsupported(exc, uri, "If-None-Match") from None
+
+        return self._retry("create", uri, put)
+
+    def read_versioned(self, uri: str) -> tuple[bytes, str] | None:
+        bucket, key = self._bucket(uri)
+
+        def get() -> tuple[bytes, str] | None:
+            try:
+                resp = self.client.get_object(Bucket=bucket, Key=key)
+            except bex.ClientError as exc:
+                if _status(exc) == "404" or str(exc.response.get("Error", {}).get("Code")) in _NOT_FOUND:
+                    return None
+                raise
+            return resp["Body"].read(), str(resp["ETag"])
+
+        return self._retry("read", uri, get)
+
+    def replace_if_version(self, uri: str, data: bytes, version: str) -> str | None:
+        bucket, key = self._bucket(uri)
+
+        def put() -> str | None:
+            try:
+                return str(self.client.put_object(Bucket=bucket, Key=key, Body=data, IfMatch=version)["ETag"])
+            except bex.ClientError as exc:
+                if _condition_failed(exc) or _status(exc) == "404":
+                    return None
+                raise self._unsupported(exc, uri, "If-Match") from None
+
+        return self._retry("replace", uri, put)
+
+    def delete_if_version(self, uri: str, version: str) -> bool:
+        bucket, key = self._bucket(uri)
+
+        def delete() -> bool:
+            try:
+                self.client.delete_object(Bucket=bucket, Key=key, IfMatch=version)
+                return True
+            except bex.ClientError as exc:
+                if _condition_failed(exc) or _status(exc) == "404":
+                    return False
+                raise self._unsupported(exc, uri, "If-Match") from None
+
+        return self._retry("delete", uri, delete)
+
+    def _unsupported(self, exc: bex.ClientError, uri: str, header: str) -> BaseException:
+        """A store that does not implement conditional writes says so once, clearly."""
+        if _status(exc) in ("501", "400") and "NotImplemented" in str(exc.response.get("Error", {}).get("Code", "")):
+            return StorageError(
+                f"S3 endpoint {self.endpoint} does not support conditional writes ({header}), which stage leases "
+                f"need to keep two writers out of {uri}. Use a store that supports them (AWS S3, MinIO, Ceph RGW), "
+                "or set SFTRL_LEASES=off to run without leases (then never run two `sftrl run` of one experiment)."
+            )
+        return exc
+
+
+def _condition_failed(exc: bex.ClientError) -> bool:
+    """412 PreconditionFailed, or 409 ConditionalRequestConflict (a concurrent conditional write won)."""
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    return _status(exc) == "412" or code in ("PreconditionFailed", "ConditionalRequestConflict")
 
 
 def _one_line(exc: BaseException) -> str:

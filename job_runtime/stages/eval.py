@@ -23,14 +23,13 @@ import contextlib
 import json
 import logging
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 from pydantic import ValidationError
 
-from job_runtime.io import storage
+from job_runtime.io import scratch, storage
 from job_runtime.eval.benchmarks.base import Benchmark, BenchmarkDataError
 from job_runtime.eval.benchmarks.registry import UnknownBenchmark, get
 from job_runtime.eval.benchmarks.scoring import result_entry, score_rows
@@ -53,7 +52,7 @@ def _workdir(output: str) -> Iterator[Path]:
         path.mkdir(parents=True, exist_ok=True)
         yield path
         return
-    tmp = Path(tempfile.mkdtemp(prefix="sftrl-eval-"))
+    tmp = scratch.mkdtemp("eval")
     try:
         yield tmp
     finally:

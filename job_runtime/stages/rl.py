@@ -30,11 +30,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from job_runtime.io import storage
+from job_runtime.io import scratch, storage
 from job_runtime.contract import (
     METRICS_JSONL, RESULTS_JSON, RL_KEEP_CHECKPOINTS, RecipeError, Resolved, RLParams, StageConfig, resolve_rl,
 )
@@ -231,7 +230,7 @@ def run(cfg: StageConfig) -> None:
     if storage.is_complete(output):  # first storage call: an unreachable store fails here, before any work
         log.info("rl %s: already complete (%s has _SUCCESS); nothing to do", cfg.id, output)
         return
-    work = Path(tempfile.mkdtemp(prefix=f"sftrl-rl-{cfg.id[:12]}-"))
+    work = scratch.mkdtemp(f"rl-{cfg.id[:12]}")
     metrics_path = work / METRICS_JSONL
     sidecars = {METRICS_JSONL: metrics_path}
     metrics = None
@@ -258,9 +257,9 @@ def run(cfg: StageConfig) -> None:
             with args.main_process_first(local=True, desc="load data"):
                 pixels = {"min_pixels": recipe["min_pixels"], "max_pixels": recipe["max_pixels"]}
                 contamination = index_for(cfg.decontaminate)  # benchmark items never trained on
-                train = data.fit_images(data.rl_dataset(cfg.data, scale=cfg.scale, seed=cfg.seed,
-                                                        exclude=contamination.reason if contamination else None),
-                                        **pixels)
+                train, data_report = data.load_rl(cfg.data, scale=cfg.scale,  # rl_dataset's rows, with skip counts
+                                                  exclude=contamination.reason if contamination else None)
+                train = data.fit_images(train, **pixels)
                 heldout_rows = (data.heldout_rows(cfg.data, params.heldout_size, **pixels)
                                 if cfg.data.get("heldout") else [])
             max_prompt = recipe["max_prompt_length"]
@@ -336,6 +335,7 @@ def run(cfg: StageConfig) -> None:
                 "global_step": trainer.state.global_step,
                 "train_prompts": len(train),
                 "skipped_long_prompts": too_long,
+                "data": data_report.as_dict(),
                 "heldout_accuracy": heldout.history[-1][1] if heldout.history else None,
                 "best_heldout": {"step": heldout.best[1], "accuracy": heldout.best[0]} if heldout.best else None,
                 "stopped_on_deception": heldout.stopped_on_deception,

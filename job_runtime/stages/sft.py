@@ -32,12 +32,11 @@ import dataclasses
 import json
 import logging
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from job_runtime.io import storage
+from job_runtime.io import scratch, storage
 from job_runtime.contract import METRICS_JSONL, RESULTS_JSON, SFT_KEEP_CHECKPOINTS, Resolved, SFTParams, StageConfig, resolve_sft
 from job_runtime.errors import StageError
 from job_runtime.train.setup import (
@@ -182,7 +181,7 @@ def run(cfg: StageConfig) -> None:
     world = launcher_world_size()
     output = storage.normalize(cfg.output)
     cuda = torch.cuda.is_available()
-    work = Path(tempfile.mkdtemp(prefix=f"sftrl-sft-{cfg.id[:12]}-"))
+    work = scratch.mkdtemp(f"sft-{cfg.id[:12]}")
     metrics_path, progress_path = work / METRICS_JSONL, work / PROGRESS_JSON
     try:
         args = SFTConfig(**sft_config_kwargs(cfg, params, str(work / "trainer"), world, cuda))

@@ -7,8 +7,11 @@ A stage trains into a local working directory; this module keeps storage in step
   manifest LAST, then deletes all but the newest ``keep`` complete checkpoints.
 - `latest_complete` finds the newest checkpoint with a manifest; files without one (a writer
   killed mid-upload) are never taken as a checkpoint.
-- `resume_dir` fetches that checkpoint to local disk (for file:// outputs it is used in place)
-  and returns the path to pass to ``trainer.train(resume_from_checkpoint=...)``.
+- `resume_dir` fetches the newest complete checkpoint whose files match their manifest (sizes and
+  sha256) to local disk (for file:// outputs it is verified in place) and returns the path to pass
+  to ``trainer.train(resume_from_checkpoint=...)``. A checkpoint that fails the check (a corrupted
+  or overwritten object) is skipped, with a warning, for the next older complete one, so a damaged
+  newest checkpoint never fails every retry of the stage; with none left the stage starts fresh.
 - `publish_stage` publishes ``model/`` first, then the other files (metrics.jsonl, results.json),
   and the stage's ``_SUCCESS`` last. On file:// the model is written into a temp directory
   beside ``model/`` and renamed into place, so a reader never sees half a model.
@@ -102,49 +105,74 @@ def _verify(local: Path, manifest: dict[str, Any]) -> None:
         p = local / rel
         if not p.is_file() or p.stat().st_size != meta["size"] or storage.sha256_file(p) != meta["sha256"]:
             raise storage.StorageError(
-                f"Checkpoint file {rel} in {local} does not match its manifest, because the download is "
-                "incomplete or the stored object changed. Delete the local copy and restart the stage."
+                f"checkpoint file {rel} in {local} does not match its manifest (size or sha256), because the "
+                "copy is incomplete or the stored object changed"
             )
 
 
 def resume_dir(
     output_uri: str, local_dir: str | os.PathLike[str], sidecars: dict[str, str | os.PathLike[str]] | None = None
 ) -> str | None:
-    """Local path of the newest complete checkpoint (downloaded when remote), or None to start fresh.
+    """Local path of the newest complete checkpoint that verifies (downloaded when remote), or None
+    to start fresh.
 
-    Sidecar files stored with the checkpoint are copied back to their local paths (e.g. the stage's
-    metrics.jsonl, cut at the checkpoint's step). Idempotent: a copy already fetched and verified
-    is reused, so every rank on a node may call it after the node's first rank has.
+    Checkpoints are tried newest first; one whose files do not match its manifest is skipped (logged)
+    for the next older one. Sidecar files stored with the chosen checkpoint are copied back to their
+    local paths (e.g. the stage's metrics.jsonl, cut at the checkpoint's step). Idempotent: a copy
+    already fetched and verified is reused, so every rank on a node may call it after the node's
+    first rank has.
 
     >>> import tempfile; resume_dir("file://" + tempfile.mkdtemp(), tempfile.mkdtemp()) is None
     True
     """
-    found = latest_complete(output_uri)
-    if found is None:
-        return None
-    step, uri = found
+    base = checkpoints_uri(output_uri)
+    for step in reversed(complete_steps(output_uri)):
+        uri = storage.join(base, f"checkpoint-{step}")
+        try:
+            path = _fetch_verified(uri, step, Path(local_dir))
+        except storage.StorageUnavailable:
+            raise  # the store is down: retry the stage later, do not fall back to an older step
+        except storage.StorageError as e:
+            log.warning("skipping checkpoint %s, because %s; trying the previous complete one", uri, e)
+            continue
+        _restore_sidecars(path, sidecars)
+        log.info("resuming from checkpoint %s (step %d)", uri, step)
+        return str(path)
+    return None
+
+
+def _fetch_verified(uri: str, step: int, local_dir: Path) -> Path:
+    """The checkpoint at uri as a local directory whose files match its manifest (StorageError if not)."""
     manifest = storage.read_manifest(uri) or {}
     if storage.is_local(uri):
         path = storage.local_path(uri)
-    else:
-        path = Path(local_dir) / f"checkpoint-{step}"
-        if not (path / _DOWNLOADED).exists():
-            if path.exists():
-                shutil.rmtree(path)
-            Path(local_dir).mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step}-", dir=local_dir))
-            for rel in manifest.get("files", {}):
-                storage.download_file(storage.join(uri, rel), tmp / rel)
-            _verify(tmp, manifest)
-            (tmp / _DOWNLOADED).write_text(str(step))
-            os.replace(tmp, path)
+        _verify(path, manifest)
+        return path
+    path = local_dir / f"checkpoint-{step}"
+    if (path / _DOWNLOADED).exists():
+        return path
+    if path.exists():
+        shutil.rmtree(path)
+    local_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step}-", dir=local_dir))
+    try:
+        for rel in manifest.get("files", {}):
+            storage.download_file(storage.join(uri, rel), tmp / rel)
+        _verify(tmp, manifest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-fetched is left to reuse
+        raise
+    (tmp / _DOWNLOADED).write_text(str(step))
+    os.replace(tmp, path)
+    return path
+
+
+def _restore_sidecars(path: Path, sidecars: dict[str, str | os.PathLike[str]] | None) -> None:
     for name, dest in (sidecars or {}).items():
         src = path / SIDECAR_DIR / name
         if src.is_file():
             Path(dest).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dest)
-    log.info("resuming from checkpoint %s (step %d)", uri, step)
-    return str(path)
 
 
 def prune(output_uri: str, keep: int) -> list[int]:
@@ -277,7 +305,7 @@ def _publish_model(model_dir: Path, uri: str) -> None:
         if model_dir.resolve() == dst.resolve():
             return
         tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-        shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
+        shutil.copytree(model_dir, tmp, dirs_exist_ok=True, copy_function=shutil.copyfile)  # new files: umask modes
         old = None
         if dst.exists():
             old = dst.with_name(f".{dst.name}.old-{os.getpid()}")

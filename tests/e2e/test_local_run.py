@@ -76,7 +76,7 @@ def test_interrupt_kill_resume_reuse(tmp_path):
     assert p.wait(timeout=60) == 130
     assert "interrupted" in log1.read_text()
     assert not (stages / first / "_SUCCESS").exists()
-    assert not (stages / first / ".lock").exists()  # the child was stopped and unlocked
+    assert not (stages / first / ".lease").exists()  # the child was stopped and its lease released
 
     # 2. SIGKILL of `sftrl run` during a stage: the orphaned stage finishes; the next run waits for
     #    it instead of launching a duplicate.

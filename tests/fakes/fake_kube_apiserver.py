@@ -7,8 +7,16 @@ this small HTTP server on 127.0.0.1. It implements just enough of the REST API f
 - ``kubeflow.org/v1`` PyTorchJobs, ``sftrl.io/v1alpha1`` Experiments (with a status subresource
   and ``metadata.generation``), core ``v1`` Events and Pods (and ``pods/{name}/log``);
 - namespaced and cluster-wide lists with equality/existence label selectors;
-- ``resourceVersion`` on every write, ``409 AlreadyExists`` on creating an existing name,
-  ``409 Conflict`` on a stale ``resourceVersion``, JSON merge patch (RFC 7386);
+- ``resourceVersion`` on every write, ``409 AlreadyExists`` on creating an existing name (also while
+  an object of that name is still terminating), ``409 Conflict`` on a stale ``resourceVersion``
+  given in a PUT or in a merge patch (optimistic concurrency), JSON merge patch (RFC 7386);
+- what the operator relies on and what breaks it: deletion that lingers (``terminating_seconds``:
+  the object shows a ``deletionTimestamp`` and its pods keep running until it is gone); the
+  garbage collector (an object whose ownerReferences all name deleted objects is deleted, pods of
+  a deleted job with it); the training operator's TTL (a finished PyTorchJob is deleted
+  ``ttlSecondsAfterFinished`` after it ended, or ``ttl_seconds`` when a test sets it); status
+  writes answered 409 as if another writer got there first (``status_conflict_rate``, seeded);
+  a master pod whose exit code shows up ``pod_report_delay`` seconds after its job failed;
 - optional validation of created PyTorchJobs against a CRD's openAPIV3Schema (422 Invalid).
 
 A simulated training operator (a thread) moves each PyTorchJob through Created -> Running ->
@@ -19,8 +27,12 @@ job_runtime would). Hooks let tests inject exit codes per job name (1-127 fail a
 for sftrl's clients (seeded), a 500 after a create that did happen (ambiguous create), and
 permanent rejections of a create.
 
-Accounting for assertions: ``creates`` (successful creates per PyTorchJob name), ``conflicts``,
-``requests`` (method, path, status, user agent, RBAC verb/group/resource), ``status_history``.
+Accounting for assertions: ``creates`` (successful creates per PyTorchJob name), ``conflicts``
+(409s per name) with ``conflicted`` (name, uid of the job that answered), ``created_uids`` (every
+job ever created under a name), ``overlaps`` (a job created while another job of the same stage
+and storage root was still live: two writers), ``gone`` (jobs removed: TTL, GC, deletion),
+``phases_seen``, ``requests`` (method, path, status, user agent, RBAC verb/group/resource),
+``status_history``.
 
 >>> srv = FakeKubeApiServer().start()
 >>> srv.url.startswith("http://127.0.0.1:")
@@ -42,6 +54,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
+
+from tests.fakes.cluster_sim import SimulatedCluster
 
 # (group, version, plural) -> kind
 RESOURCES: dict[tuple[str, str, str], str] = {
@@ -124,7 +138,7 @@ class ApiError(Exception):
 
 
 @dataclass
-class FakeKubeApiServer:
+class FakeKubeApiServer(SimulatedCluster):
     """The FAKE API server plus its simulated training operator. See the module docstring."""
 
     job_seconds: float = 0.2  # how long a simulated job runs
@@ -138,7 +152,12 @@ class FakeKubeApiServer:
     pytorchjob_schema: dict[str, Any] | None = None  # validate creates against it when set
     crds: set[str] = field(default_factory=lambda: {"pytorchjobs", "experiments"})
     exit_codes: dict[str, int] = field(default_factory=dict)  # job name -> exit code of every run
+    stage_exit_codes: dict[str, int] = field(default_factory=dict)  # stage id -> exit code of every attempt
     reject_creates: dict[str, tuple[int, str]] = field(default_factory=dict)  # job name -> (code, message)
+    ttl_seconds: float | None = None  # None: each job's ttlSecondsAfterFinished (days: never in a test)
+    terminating_seconds: float = 0.0  # how long a deleted object lingers with a deletionTimestamp
+    status_conflict_rate: float = 0.0  # share of sftrl's conditional status patches answered 409
+    pod_report_delay: float = 0.0  # a failed master pod shows its exit code this much later
 
     def __post_init__(self) -> None:
         self.lock = threading.RLock()
@@ -151,6 +170,14 @@ class FakeKubeApiServer:
         self.config_missing_at_create: list[str] = []
         self.requests: list[Request] = []
         self.status_history: dict[str, list[dict[str, Any]]] = {}
+        self.conflicted: list[tuple[str, str]] = []
+        self.created_uids: dict[str, list[str]] = {}
+        self.overlaps: list[tuple[str, str]] = []
+        self.gone: list[tuple[str, str, str]] = []  # (name, why, phase at removal)
+        self.phases_seen: set[str] = set()
+        self.terminating: dict[tuple[tuple[str, str, str], tuple[str, str]], float] = {}  # -> remove at
+        self.finished_at: dict[tuple[str, str], float] = {}  # job -> monotonic time it ended
+        self._pending_pods: list[tuple[float, str, dict[str, Any], dict[str, Any], str, int]] = []
         self.rng = random.Random(self.seed)
         self._stop = threading.Event()
         self.httpd: ThreadingHTTPServer | None = None
@@ -307,23 +334,25 @@ class FakeKubeApiServer:
             if method == "GET":
                 return 200, copy.deepcopy(cur), None
             if method == "DELETE":
-                del self.store[res][key]
-                self.sim.pop(key, None)
-                if res == JOBS:
-                    for pk, pod in list(self.store[PODS].items()):
-                        if pod["metadata"].get("labels", {}).get("training.kubeflow.org/job-name") == name:
-                            del self.store[PODS][pk]
+                self.delete(res, key, "deleted")
                 return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}, None
             if method in ("PUT", "PATCH"):
+                want = (body or {}).get("metadata", {}).get("resourceVersion")
+                stale = want and want != cur["metadata"]["resourceVersion"]
+                if (want and ours and sub == "status" and self.status_conflict_rate
+                        and self.rng.random() < self.status_conflict_rate):
+                    cur["metadata"]["resourceVersion"] = self._bump()  # another writer got there first
+                    stale = True
+                if stale:
+                    raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {res[2]} "{name}": '
+                                                    "the object has been modified; please apply your changes "
+                                                    "to the latest version and try again")
                 if method == "PUT":
-                    want = (body or {}).get("metadata", {}).get("resourceVersion")
-                    if want and want != cur["metadata"]["resourceVersion"]:
-                        raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {res[2]} "{name}": '
-                                                        "the object has been modified; please apply your changes "
-                                                        "to the latest version and try again")
                     new = copy.deepcopy(body)
                 else:
-                    new = merge_patch(cur, body)
+                    new = merge_patch(cur, {k: v for k, v in (body or {}).items() if k != "metadata"})
+                    if sub != "status" and "metadata" in (body or {}):
+                        new = merge_patch(new, {"metadata": body["metadata"]})
                 return 200, self._update(res, key, cur, new, status_only=(sub == "status")), None
         raise ApiError(405, "MethodNotAllowed", f"{method} is not supported here")
 
@@ -360,7 +389,10 @@ class FakeKubeApiServer:
         if (ns, name) in self.store[res]:
             if count:
                 self.conflicts[name] += 1
+                self.conflicted.append((name, self.store[res][(ns, name)]["metadata"]["uid"]))
             raise ApiError(409, "AlreadyExists", f'{res[2]}.{res[0] or "core"} "{name}" already exists')
+        if res == JOBS and count:
+            self._check_overlap(ns, body)
         obj = copy.deepcopy(body)
         meta = obj.setdefault("metadata", {})
         meta.update(namespace=ns, uid=str(uuid.uuid4()), resourceVersion=self._bump(), creationTimestamp=_now(),
@@ -369,6 +401,7 @@ class FakeKubeApiServer:
             obj.pop("status", None)
         self.store[res][(ns, name)] = obj
         if res == JOBS:
+            self.created_uids.setdefault(name, []).append(meta["uid"])
             if count:
                 self.creates[name] += 1
             obj["status"] = {"conditions": [self._cond("Created", f"PyTorchJob {name} is created.")]}
@@ -394,135 +427,6 @@ class FakeKubeApiServer:
         out["metadata"]["resourceVersion"] = self._bump()
         self.store[res][key] = out
         return copy.deepcopy(out)
-
-    # --- the simulated training operator ----------------------------------------------------------
-
-    @staticmethod
-    def _cond(kind: str, message: str, reason: str | None = None, status: str = "True") -> dict[str, Any]:
-        return {"type": kind, "status": status, "reason": reason or f"PyTorchJob{kind}", "message": message,
-                "lastUpdateTime": _now(), "lastTransitionTime": _now()}
-
-    @staticmethod
-    def _config_uri(job: dict[str, Any]) -> str | None:
-        c = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
-        args = list(c.get("command", [])) + list(c.get("args", []))
-        return args[args.index("--config") + 1] if "--config" in args else None
-
-    def _config_missing(self, job: dict[str, Any]) -> bool:
-        from job_runtime.io import storage
-
-        uri = self._config_uri(job)
-        return uri is None or not storage.exists(uri)
-
-    def _set(self, job: dict[str, Any], cond: dict[str, Any]) -> None:
-        conds = [c for c in job["status"].get("conditions", []) if c["type"] != cond["type"]]
-        if cond["type"] in ("Succeeded", "Failed", "Restarting"):
-            for c in conds:
-                if c["type"] == "Running":
-                    c["status"] = "False"
-        if cond["type"] == "Running":
-            conds = [c for c in conds if c["type"] not in ("Restarting", "Suspended")]
-        conds.append(cond)
-        job["status"]["conditions"] = conds
-        job["metadata"]["resourceVersion"] = self._bump()
-
-    def _pod(self, ns: str, job: dict[str, Any], state: dict[str, Any], phase: str, restarts: int) -> None:
-        name = job["metadata"]["name"]
-        tmpl = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
-        labels = dict(tmpl.get("metadata", {}).get("labels", {}))
-        labels.update({"training.kubeflow.org/job-name": name, "training.kubeflow.org/replica-type": "master",
-                       "training.kubeflow.org/replica-index": "0", "training.kubeflow.org/job-role": "master"})
-        pod = {"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": f"{name}-master-0", "namespace": ns, "labels": labels,
-                            "resourceVersion": self._bump(), "uid": str(uuid.uuid4())},
-               "spec": {"containers": [{"name": "pytorch", "image": tmpl["spec"]["containers"][0]["image"]}]},
-               "status": {"phase": phase, "containerStatuses": [
-                   {"name": "pytorch", "state": state, "restartCount": restarts, "ready": phase == "Running"}]}}
-        self.store[PODS][(ns, pod["metadata"]["name"])] = pod
-
-    def _log(self, key: tuple[str, str], query: dict[str, str]) -> str:
-        if query.get("follow") == "true":  # stream until the pod ends (here: return once it has)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                with self.lock:
-                    pod = self.store[PODS].get(key)
-                    if pod is None or pod["status"]["phase"] in ("Succeeded", "Failed"):
-                        break
-                time.sleep(self.tick)
-        with self.lock:
-            return self.logs.get(key, "")
-
-    def _simulate_loop(self) -> None:
-        while not self._stop.is_set():
-            with self.lock:
-                for key in list(self.sim):
-                    self._step(key)
-            time.sleep(self.tick)
-
-    def _step(self, key: tuple[str, str]) -> None:
-        from job_runtime.io import storage
-
-        sim, job = self.sim[key], self.store[JOBS].get(key)
-        if job is None:
-            return
-        ns, name = key
-        t = time.monotonic() - sim.t0
-        queued = "kueue.x-k8s.io/queue-name" in job["metadata"].get("labels", {})
-        pod_key = (ns, f"{name}-master-0")
-        if sim.phase == "Created":
-            if queued and self.queue_seconds > 0 and t < self.queue_seconds:
-                if not any(c["type"] == "Suspended" for c in job["status"]["conditions"]):
-                    self._set(job, self._cond("Suspended", f"PyTorchJob {name} is suspended.", "JobSuspended"))
-                return
-            if t >= self.start_delay + (self.queue_seconds if queued else 0):
-                sim.phase, sim.t0 = "Running", time.monotonic()
-                self._set(job, self._cond("Running", f"PyTorchJob {ns}/{name} is running."))
-                self._pod(ns, job, {"running": {"startedAt": _now()}}, "Running", sim.restarts)
-                self.logs[pod_key] = self.logs.get(pod_key, "") + f"[rank0] {name}: starting (attempt run {sim.restarts})\n"
-            return
-        if sim.phase != "Running" or t < self.job_seconds:
-            return
-        code = self.exit_codes.get(name, 0)
-        uri = self._config_uri(job)
-        if code == 0:
-            try:
-                cfg = storage.read_json(uri) if uri else None
-            except Exception:  # noqa: BLE001 - a missing config is the stage's exit 2
-                cfg = None
-            if cfg is None:
-                code = 2
-            else:
-                out = cfg["output"]
-                storage.write_text(storage.join(out, "metrics.jsonl"), json.dumps({"step": 1, "loss": 1.0}) + "\n")
-                storage.write_json(storage.join(out, "_SUCCESS"), {
-                    "files": {"metrics.jsonl": {"size": 0, "sha256": ""}}, "created": time.time(),
-                    "stage": cfg["id"], "job": name})
-        term = {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "finishedAt": _now()}}
-        self.logs[pod_key] = self.logs.get(pod_key, "") + f"[rank0] {name}: exit {code}\n"
-        if code == 0:
-            sim.phase = "Succeeded"
-            self._pod(ns, job, term, "Succeeded", sim.restarts)
-            self._set(job, self._cond("Succeeded", f"PyTorchJob {ns}/{name} successfully completed."))
-            job["status"]["completionTime"] = _now()
-            return
-        spec = job["spec"]["pytorchReplicaSpecs"]["Master"]
-        backoff = job["spec"].get("runPolicy", {}).get("backoffLimit", 0)
-        retryable = spec.get("restartPolicy") == "ExitCode" and code >= 128
-        if retryable and sim.restarts < backoff:
-            sim.restarts += 1
-            sim.phase, sim.t0 = "Created", time.monotonic() - self.start_delay
-            self._pod(ns, job, term, "Failed", sim.restarts)
-            self._set(job, self._cond("Restarting", f"PyTorchJob {name} is restarting because 1 Master replica(s) "
-                                                    "failed.", "PyTorchJobRestarting"))
-            return
-        sim.phase = "Failed"
-        self._pod(ns, job, term, "Failed", sim.restarts)
-        if retryable:
-            self._set(job, self._cond("Failed", f"Job {name} has failed because it has reached the specified "
-                                                "backoff limit", "BackoffLimitExceeded"))
-        else:
-            self._set(job, self._cond("Failed", f"PyTorchJob {name} is failed because 1 Master replica(s) failed."))
-        job["status"]["completionTime"] = _now()
 
 
 def pytorchjob_schema(crd_path: str | Path) -> dict[str, Any]:

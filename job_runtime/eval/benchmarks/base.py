@@ -21,12 +21,11 @@ from __future__ import annotations
 import base64
 import io
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from job_runtime.io import storage
+from job_runtime.io import scratch, storage
 from job_runtime.eval.answers import extract_answer, is_correct
 from job_runtime.prompts import format_question
 
@@ -218,7 +217,7 @@ def _find_data_file(folder: Path, bench: Benchmark) -> Path:
 def load_rows(bench: Benchmark, source: str | None) -> tuple[list[dict[str, Any]], Path | None]:
     """(rows, folder images are relative to) from a path, an s3:// URI, a HF id, or the hub."""
     if source and source.startswith("s3://"):
-        tmp = Path(tempfile.mkdtemp(prefix=f"sftrl-{bench.name}-"))
+        tmp = scratch.mkdtemp(bench.name)
         name = source.rstrip("/").rsplit("/", 1)[-1]
         if Path(name).suffix.lower() in DATA_SUFFIXES and storage.exists(source):
             storage.download_file(source, tmp / name)

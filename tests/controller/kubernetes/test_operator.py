@@ -1,15 +1,11 @@
 """The operator and the `sftrl submit/status/logs/cancel/operator` commands against the FAKE API
-server (tests/fakes/fake_kube_apiserver.py), including SIGKILLs at random points of a run."""
+server (tests/fakes/fake_kube_apiserver.py): status, events, shared stages, the durability rules
+(TTL, garbage collection, lingering deletion, conflicts). Crashes and SIGKILLs: test_operator_crashes.py."""
 
 from __future__ import annotations
 
 import os
-import random
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
@@ -19,7 +15,6 @@ from controller.kubernetes.operator import ClusterDefaults, Operator
 from controller.plan import build_plan
 from controller.spec import validate_dict
 from job_runtime.io import storage
-from tests.conftest import ROOT
 from tests.fakes.fake_kube_apiserver import EVENTS, EXPERIMENTS, JOBS, FakeKubeApiServer
 from tests.fakes.kube import connect, experiment_schema, submit, tiny_spec
 
@@ -28,6 +23,10 @@ TERMINAL = ("Succeeded", "Failed", "Cancelled")
 
 def _plan(spec, name="demo"):
     return build_plan(validate_dict({"metadata": {"name": name}, "spec": spec}))
+
+
+def _name(plan, sid, attempt=1):
+    return render.stage_job_name(plan.stages[sid], attempt)
 
 
 def _status(fake, name="demo", ns="default"):
@@ -77,7 +76,7 @@ def test_operator_runs_an_experiment_and_writes_a_schema_valid_status(fake, tmp_
     jsonschema.validate(obj, experiment_schema())
     for s in fake.status_history["demo"]:  # every status written, not only the last
         jsonschema.validate({**obj, "status": s}, experiment_schema())
-    assert set(fake.creates) == {render.job_name(s) for s in plan.stages} and set(fake.creates.values()) == {1}
+    assert set(fake.creates) == {_name(plan, s) for s in plan.stages} and set(fake.creates.values()) == {1}
     reasons = [e["reason"] for e in fake.objects(EVENTS)]
     assert reasons.count("StageLaunched") == 9 and reasons.count("StageSucceeded") == 9
     assert metrics.registry.get_sample_value("sftrl_operator_stages", {"experiment": "demo", "state": "succeeded"}) == 9
@@ -101,25 +100,26 @@ def test_shared_stage_is_one_job_and_cancel_spares_it(fake, tmp_path):
     fake.job_seconds = 3600
     store = f"file://{tmp_path}/store"
     a, b = tiny_spec(store, methods=["sft"]), tiny_spec(store, methods=["sft+grpo"])
-    sft = next(s for s in _plan(a).stages.values() if s.kind == "sft").id
+    plan = _plan(a)
+    sft = next(s for s in plan.stages.values() if s.kind == "sft").id
     assert sft in _plan(b).stages  # the same content-addressed stage
     submit(fake, "exp-a", a)
     submit(fake, "exp-b", b)
     op = Operator(connect(fake, tmp_path), "default", defaults=ClusterDefaults())
     for _ in range(3):
         op.cycle()
-    assert fake.creates[render.job_name(sft)] == 1
+    assert fake.creates[_name(plan, sft)] == 1
     assert _status(fake, "exp-a")["stages"][sft] == _status(fake, "exp-b")["stages"][sft] == "running"
     base_eval = next(s for s in _plan(a).stages.values() if s.kind == "eval" and not s.parents).id
     # cancel exp-b: its jobs stop, except those exp-a still needs (sft and the base eval)
     fake.store[EXPERIMENTS][("default", "exp-b")]["metadata"]["annotations"] = {"sftrl.io/cancel": "true"}
     op.cycle()
     assert _status(fake, "exp-b")["phase"] == "Cancelled"
-    assert fake.get(JOBS, "default", render.job_name(sft)) is not None
-    assert fake.get(JOBS, "default", render.job_name(base_eval)) is not None
+    assert fake.get(JOBS, "default", _name(plan, sft)) is not None
+    assert fake.get(JOBS, "default", _name(plan, base_eval)) is not None
     fake.store[EXPERIMENTS][("default", "exp-a")]["metadata"]["annotations"] = {"sftrl.io/cancel": "true"}
     op.cycle()
-    assert fake.get(JOBS, "default", render.job_name(sft)) is None
+    assert fake.get(JOBS, "default", _name(plan, sft)) is None
     assert _status(fake, "exp-a")["phase"] == "Cancelled"
 
 
@@ -128,13 +128,13 @@ def test_retry_after_infrastructure_failure_and_stop_after_code_failure(fake, tm
     plan = _plan(spec)
     sft = next(s for s in plan.stages.values() if s.kind == "sft").id
     rl = next(s for s in plan.stages.values() if s.kind == "rl" and not s.parents).id
-    fake.exit_codes = {render.job_name(sft): 200, render.job_name(rl): 1}
+    fake.exit_codes = {_name(plan, sft): 200, _name(plan, rl): 1}
     submit(fake, "demo", spec)
     _drive(Operator(connect(fake, tmp_path), "default", defaults=ClusterDefaults()), fake)
     st = _status(fake)
     assert st["phase"] == "Failed"
-    assert st["stages"][sft] == "succeeded" and fake.creates[render.job_name(sft, 2)] == 1  # second attempt
-    assert st["stages"][rl] == "failed" and render.job_name(rl, 2) not in fake.creates  # exit 1: no retry
+    assert st["stages"][sft] == "succeeded" and fake.creates[_name(plan, sft, 2)] == 1  # second attempt
+    assert st["stages"][rl] == "failed" and _name(plan, rl, 2) not in fake.creates  # exit 1: no retry
     downstream = [s for s, v in plan.stages.items() if rl in v.parents]
     assert downstream and all(st["stages"][s] == "pending" for s in downstream)
     assert st["counts"]["failed"] == 1
@@ -156,8 +156,9 @@ def test_invalid_spec_is_reported_on_status_and_as_event(fake, tmp_path):
 
 def test_permanent_api_error_becomes_degraded_condition(fake, tmp_path):
     spec = tiny_spec(f"file://{tmp_path}/store")
-    first = next(iter(_plan(spec).stages))
-    fake.reject_creates[render.job_name(first)] = (403, "admission webhook denied the request: no GPUs for you")
+    plan = _plan(spec)
+    first = next(iter(plan.stages))
+    fake.reject_creates[_name(plan, first)] = (403, "admission webhook denied the request: no GPUs for you")
     submit(fake, "demo", spec)
     op = Operator(connect(fake, tmp_path), "default", defaults=ClusterDefaults())
     op.cycle()
@@ -183,79 +184,130 @@ def test_cluster_defaults_fill_what_the_experiment_leaves_out(fake, tmp_path):
     assert c["command"][-1].startswith(f"file://{tmp_path}/cluster/stages/")
 
 
-# --- SIGKILL at random points ----------------------------------------------------------------------------
+# --- durability: TTL, garbage collection, lingering deletion, conflicts ------------------------------------
 
 
-def _operator_proc(kubeconfig: Path, log: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SFTRL_")}
-    env["SFTRL_LOG_LEVEL"] = "info"
-    cmd = [sys.executable, "-m", "controller.cli", "operator", "--namespace", "default", "--interval", "0.1",
-           "--metrics-port", "0", "--kubeconfig", str(kubeconfig)]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+def _cycle_for(op, seconds, pause=0.03):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        op.cycle()
+        time.sleep(pause)
 
 
-def _whole_run(tmp: Path, kill_seed: int | None, deadline_s: float = 90.0):
-    fake = FakeKubeApiServer(job_seconds=0.25, start_delay=0.05, transient_rate=0.05, ambiguous_create_rate=0.1,
-                             seed=7).start()
-    spec = tiny_spec(f"file://{tmp}/store", seeds=[0, 1])
+def test_a_ttl_deleted_failed_job_is_never_recreated(fake, tmp_path):
+    fake.ttl_seconds = 0.3  # the training operator deletes finished jobs 0.3 s after they end
+    spec = tiny_spec(f"file://{tmp_path}/store", execution={"max_parallel": 4, "max_attempts": 2, "backoff_seconds": 0})
     plan = _plan(spec)
-    sft = [s.id for s in plan.stages.values() if s.kind == "sft"]
-    rl = next(s.id for s in plan.stages.values() if s.kind == "rl" and not s.parents)
-    fake.exit_codes = {render.job_name(sft[0]): 200, render.job_name(rl): 1}
+    sft = next(s for s in plan.stages.values() if s.kind == "sft").id
+    rl = next(s for s in plan.stages.values() if s.kind == "rl" and not s.parents).id
+    fake.stage_exit_codes = {rl: 1, sft: 200}  # rl: a code failure; sft: infrastructure, every attempt
     submit(fake, "demo", spec)
-    kc = fake.write_kubeconfig(tmp / "kubeconfig")
-    rng = random.Random(kill_seed)
-    # kill points: after a random number of job creates (so every kill lands mid-run), plus jitter
-    targets = sorted(rng.sample(range(1, len(plan.stages)), 4)) if kill_seed is not None else []
-    kills, end = 0, time.monotonic() + deadline_s
-    proc = _operator_proc(kc, tmp / "operator.log")
-    try:
-        for target in targets:
-            while time.monotonic() < end and sum(fake.creates.values()) < target:
-                time.sleep(0.02)
-            time.sleep(rng.uniform(0.0, 0.4))
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-            proc = _operator_proc(kc, tmp / "operator.log")
-        while time.monotonic() < end and _status(fake).get("phase") not in TERMINAL:
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        fake.stop()
-    log = (tmp / "operator.log").read_text()
-    assert _status(fake).get("phase") in TERMINAL, log[-3000:]
-    if kill_seed is not None:  # jobs were created by several operator processes, not one lucky one
-        lives = log.split("watching Experiments")[1:]
-        assert sum("created sftrl-" in life for life in lives) >= 2, log[-3000:]
-    return fake, plan, kills
+    op = Operator(connect(fake, tmp_path), "default", defaults=ClusterDefaults())
+    _drive(op, fake)
+    assert _status(fake)["phase"] == "Failed"
+    _cycle_for(op, 2.0)  # long after every job is gone
+    gone = {name for name, why, _ in fake.gone if why == "ttl"}
+    assert _name(plan, rl) in gone and _name(plan, sft, 2) in gone
+    assert all(len(uids) == 1 for uids in fake.created_uids.values()), fake.created_uids  # none recreated
+    st = _status(fake)
+    assert st["phase"] == "Failed" and st["stages"][rl] == st["stages"][sft] == "failed"
+    assert st["attempts"][rl] == {"attempt": 1, "state": "failed", "retryable": False, "exitCode": 1,
+                                  "reason": "PyTorchJobFailed", "finishedAt": st["attempts"][rl]["finishedAt"]}
+    assert st["attempts"][sft]["attempt"] == 2 and st["attempts"][sft]["reason"] == "BackoffLimitExceeded"
+    assert fake.creates[_name(plan, rl)] == 1 and _name(plan, rl, 2) not in fake.creates  # code failure: once
+    assert _name(plan, sft, 3) not in fake.creates  # max_attempts 2, whatever the TTL deleted
+    assert all(len(uids) == 1 for uids in fake.created_uids.values())
+    phases = [h.get("phase") for h in fake.status_history["demo"]]
+    assert "Running" not in phases[phases.index("Failed"):]  # a Failed experiment stays Failed
 
 
-def test_operator_killed_at_random_points_ends_like_an_uninterrupted_run(tmp_path):
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    calm, plan, _ = _whole_run(tmp_path / "a", kill_seed=None)
-    killed, _, kills = _whole_run(tmp_path / "b", kill_seed=2024)
-    assert kills == 4
-    for fake in (calm, killed):
-        assert max(fake.creates.values()) == 1  # never two successful creates of one name
-        assert fake.config_missing_at_create == []  # stage.json always written before the job
-        _rbac_ok(fake)
-        # never loses a finished stage: once succeeded in a written status, always succeeded
-        done: set[str] = set()
-        for st in fake.status_history["demo"]:
-            now = {s for s, v in (st.get("stages") or {}).items() if v == "succeeded"}
-            assert done <= now
-            done = now
-    assert _status(killed) == _status(calm) | {"conditions": _status(killed)["conditions"]}
-    assert _status(killed)["phase"] == "Failed" and _status(killed)["counts"]["failed"] == 1
-    assert set(killed.creates) == set(calm.creates)
-    assert [{k: c[k] for k in ("type", "status", "reason")} for c in _status(killed)["conditions"]] == \
-           [{k: c[k] for k in ("type", "status", "reason")} for c in _status(calm)["conditions"]]
-    for sid, stage in plan.stages.items():
-        assert storage.is_complete(str(stage.config.output).replace(str(tmp_path / "a"), str(tmp_path / "b"))) == \
-               (_status(killed)["stages"][sid] == "succeeded")
+def test_an_experiment_submitted_later_inherits_a_shared_stage_s_failure(fake, tmp_path):
+    fake.ttl_seconds = 0.2
+    store = f"file://{tmp_path}/store"
+    a, b = tiny_spec(store, methods=["sft"]), tiny_spec(store, methods=["sft+grpo"])
+    plan = _plan(a)
+    sft = next(s for s in plan.stages.values() if s.kind == "sft").id
+    fake.stage_exit_codes = {sft: 1}
+    submit(fake, "exp-a", a)
+    op = Operator(connect(fake, tmp_path), "default", defaults=ClusterDefaults())
+    _drive(op, fake, names=("exp-a",))
+    _cycle_for(op, 0.6)
+    assert _name(plan, sft) in {name for name, why, _ in fake.gone}
+    submit(fake, "exp-b", b)  # needs the same sft stage, whose job has expired
+    _drive(op, fake, names=("exp-b",))
+    assert _status(fake, "exp-b")["stages"][sft] == "failed" and fake.creates[_name(plan, sft)] == 1
+    assert _status(fake, "exp-b")["attempts"][sft]["exitCode"] == 1  # now recorded in exp-b too
+
+
+def test_deleting_an_experiment_garbage_collects_its_jobs_but_not_shared_ones(fake, tmp_path):
+    fake.job_seconds = 3600
+    store = f"file://{tmp_path}/store"
+    a, b = tiny_spec(store, methods=["sft"]), tiny_spec(store, methods=["grpo"])
+    plan_a, plan_b = _plan(a), _plan(b)
+    submit(fake, "exp-a", a)
+    submit(fake, "exp-b", b)
+    op = Operator(connect(fake, tmp_path), "default", defaults=ClusterDefaults())
+    for _ in range(3):
+        op.cycle()
+    shared = set(plan_a.stages) & set(plan_b.stages)
+    only_a = set(plan_a.stages) - shared
+    live = {j["metadata"]["name"]: j for j in fake.objects(JOBS)}
+    uid = {n: fake.get(EXPERIMENTS, "default", n)["metadata"]["uid"] for n in ("exp-a", "exp-b")}
+    for sid in shared:  # the base eval: needed by both, owned by both
+        assert {r["uid"] for r in live[_name(plan_a, sid)]["metadata"]["ownerReferences"]} == set(uid.values())
+    started_a = [sid for sid in only_a if _name(plan_a, sid) in live]
+    assert started_a
+    fake.delete(EXPERIMENTS, ("default", "exp-a"), "deleted")
+    assert _wait(lambda: all(fake.get(JOBS, "default", _name(plan_a, sid)) is None for sid in started_a))
+    assert all(fake.get(JOBS, "default", _name(plan_a, sid)) is not None for sid in shared)
+    assert {why for _, why, _ in fake.gone} == {"garbage-collected"}
+    fake.delete(EXPERIMENTS, ("default", "exp-b"), "deleted")
+    assert _wait(lambda: fake.objects(JOBS) == [])
+
+
+def _wait(pred, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_job_deleted_by_hand_lingers_and_only_then_is_retried(fake, tmp_path):
+    fake.job_seconds, fake.terminating_seconds = 3600, 1.0
+    spec = tiny_spec(f"file://{tmp_path}/store", methods=["sft"])
+    plan = _plan(spec)
+    sft = next(s for s in plan.stages.values() if s.kind == "sft").id
+    submit(fake, "demo", spec)
+    op = Operator(connect(fake, tmp_path), "default", defaults=ClusterDefaults())
+    for _ in range(3):
+        op.cycle()
+    fake.delete(JOBS, ("default", _name(plan, sft)), "deleted")  # `kubectl delete pytorchjob ...`
+    _cycle_for(op, 0.5)
+    assert fake.get(JOBS, "default", _name(plan, sft))["metadata"]["deletionTimestamp"]
+    assert _name(plan, sft, 2) not in fake.creates  # its pods may still write: nothing new yet
+    assert _wait(lambda: op.cycle() and _name(plan, sft, 2) in fake.creates, timeout=15)
+    assert fake.overlaps == []
+    assert _status(fake)["attempts"][sft]["attempt"] == 2
+
+
+def test_status_writes_are_conditional_and_survive_conflicts(fake, tmp_path):
+    fake.status_conflict_rate = 0.3  # another writer wins a third of the writes
+    fake.ttl_seconds = 0.5
+    spec = tiny_spec(f"file://{tmp_path}/store")
+    plan = _plan(spec)
+    rl = next(s for s in plan.stages.values() if s.kind == "rl" and not s.parents).id
+    fake.stage_exit_codes = {rl: 1}
+    submit(fake, "demo", spec)
+    op = Operator(connect(fake, tmp_path), "default", defaults=ClusterDefaults())
+    _drive(op, fake, cycles=600)
+    _cycle_for(op, 1.5)
+    patches = [r for r in fake.calls() if r.verb == "patch" and r.resource == "experiments/status"]
+    assert any(r.status == 409 for r in patches) and any(r.status == 200 for r in patches)
+    st = _status(fake)
+    assert st["phase"] == "Failed" and st["attempts"][rl]["exitCode"] == 1 and fake.overlaps == []
+    assert all(len(uids) == 1 for uids in fake.created_uids.values())
 
 
 # --- the CLI ---------------------------------------------------------------------------------------------
@@ -295,7 +347,7 @@ def test_submit_status_logs_cancel(fake, tmp_path, capsys, monkeypatch):
                    for line in table.splitlines()), table
     sid = next(iter(plan.stages))
     assert _cli("logs", "demo", sid[:8]) == 0
-    assert f"{render.job_name(sid)}: exit 0" in capsys.readouterr().out
+    assert f"{_name(plan, sid)}: exit 0" in capsys.readouterr().out
     assert _cli("cancel", "demo") == 0
     assert fake.get(EXPERIMENTS, "default", "demo")["metadata"]["annotations"] == {"sftrl.io/cancel": "true"}
     capsys.readouterr()
@@ -354,10 +406,9 @@ def test_healthz_tracks_cycles_even_without_experiments(fake, tmp_path):
 def test_docstring_examples():
     import doctest
 
-    from controller.kubernetes import operator, render
-    from controller.kubernetes import executor as k8s
+    from controller.kubernetes import attempts, operator, render
 
-    for mod in (render, k8s, operator):
+    for mod in (render, attempts, operator):
         result = doctest.testmod(mod)
         assert result.failed == 0 and result.attempted > 0, mod.__name__
 
@@ -384,7 +435,7 @@ def test_min_signal_skips_a_starved_rl_stage_and_status_says_why(fake, tmp_path,
     assert st["stages"][rl.id] == "skipped" and st["stages"][evals[0]] == "skipped"
     assert st["skipped"][rl.id] == "starved: 0.02 of prompts had mixed outcomes (rl.min_signal 0.1)"
     assert st["counts"]["skipped"] == 2 and st["counts"]["failed"] == 0
-    assert render.job_name(probe.id) not in fake.creates and render.job_name(rl.id) not in fake.creates
+    assert render.stage_job_name(probe) not in fake.creates and render.stage_job_name(rl) not in fake.creates
     assert any(e["reason"] == "StageSkipped" and "starved: 0.02" in e["message"] for e in fake.objects(EVENTS))
     jsonschema.validate(fake.get(EXPERIMENTS, "default", "demo"), experiment_schema())
 

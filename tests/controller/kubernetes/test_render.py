@@ -197,7 +197,10 @@ def test_job_contents_of_the_all_options_fixture():
         "app.kubernetes.io/name": "sftrl", "app.kubernetes.io/part-of": "sftrl", "app.kubernetes.io/component": "stage",
         "app.kubernetes.io/managed-by": "sftrl-operator", "sftrl.io/experiment": "all-options",
         "sftrl.io/stage": rl_cfg.id, "sftrl.io/kind": "rl"}
-    assert rl["metadata"]["namespace"] == "research" and rl["metadata"]["name"] == f"sftrl-{rl_cfg.id}"
+    store = render.storage_key(rl_cfg.output.rsplit("/stages/", 1)[0])
+    assert labels["sftrl.io/storage"] == store
+    assert rl["metadata"]["namespace"] == "research" and rl["metadata"]["name"] == f"sftrl-{rl_cfg.id}-{store}"
+    assert "ownerReferences" not in rl["metadata"]  # rendered without a cluster: no owner to name
     ev, _ = jobs["eval"]
     assert set(ev["spec"]["pytorchReplicaSpecs"]) == {"Master"} and ev["spec"]["nprocPerNode"] == "1"
     ev_pod = ev["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
@@ -221,18 +224,26 @@ def test_names_are_deterministic_dns1035_and_parse_back():
     a = [j["metadata"]["name"] for j, _ in render.render_plan(build_plan(exp), exp)]
     b = [j["metadata"]["name"] for j, _ in render.render_plan(build_plan(_options()), _options())]
     assert a == b and len(set(a)) == len(a)
+    store = render.storage_key(build_plan(exp).root)
     for n in a:
         assert render.DNS1035.match(n) and len(n) <= render.MAX_JOB_NAME
         sid, attempt = render.stage_of_job(n)
-        assert attempt == 1 and render.job_name(sid) == n
-    long = render.job_name("eval-" + "f" * 60, 12)
-    assert len(long) <= render.MAX_JOB_NAME and long.endswith("-12") and render.DNS1035.match(long)
+        assert attempt == 1 and render.job_name(sid, store) == n
+    long = render.job_name("eval-" + "f" * 60, store, 12)
+    assert len(long) <= render.MAX_JOB_NAME and long.endswith(f"-{store}-12") and render.DNS1035.match(long)
+    assert render.job_name("distill-0123456789ab", store, 99) == f"sftrl-distill-0123456789ab-{store}-99"  # room
     assert render.stage_of_job("some-other-job") is None
     # an all-digit hash is still a stage id, not an attempt number (found by bench/k8s_scale.py)
-    assert render.stage_of_job("sftrl-sft-679830671884") == ("sft-679830671884", 1)
-    assert render.stage_of_job("sftrl-sft-679830671884-3") == ("sft-679830671884", 3)
+    assert render.stage_of_job("sftrl-sft-679830671884-12345678") == ("sft-679830671884", 1)
+    assert render.stage_of_job("sftrl-sft-679830671884-12345678-3") == ("sft-679830671884", 3)
     job = render.render_job(next(iter(build_plan(exp).stages.values())), exp, attempt=4)
     assert render.stage_of(job) == (job["metadata"]["labels"]["sftrl.io/stage"], 4)
+    assert render.store_of(job) == store == render.store_of({"metadata": {"name": job["metadata"]["name"]}})
+    # the same stage on another storage root is another job
+    other = _options()
+    other.spec.storage = "s3://another-bucket/sftrl"
+    b = [j["metadata"]["name"] for j, _ in render.render_plan(build_plan(other), other)]
+    assert [render.stage_of_job(n) for n in a] == [render.stage_of_job(n) for n in b] and not set(a) & set(b)
 
 
 def test_webhook_rules_each_catch_their_case():
@@ -322,8 +333,8 @@ def test_cli_render_writes_every_job_and_its_stage_json(tmp_path, capsys):
     assert main(["render", str(GOLDEN / "all-options" / "experiment.yaml"), "-o", str(tmp_path)]) == 0
     plan = build_plan(exp)
     for sid, stage in plan.stages.items():
-        job = yaml.safe_load((tmp_path / f"{render.job_name(sid)}.yaml").read_text())
-        cfg = StageConfig.model_validate_json((tmp_path / f"{render.job_name(sid)}.stage.json").read_text())
+        job = yaml.safe_load((tmp_path / f"{render.stage_job_name(stage)}.yaml").read_text())
+        cfg = StageConfig.model_validate_json((tmp_path / f"{render.stage_job_name(stage)}.stage.json").read_text())
         assert cfg.id == sid and cfg.metrics_port == render.METRICS_PORT
         assert job["metadata"]["annotations"][render.A_CONFIG] == f"{stage.config.output}/stage.json"
     assert f"{len(plan.stages)} PyTorchJobs" in capsys.readouterr().out

@@ -1,7 +1,7 @@
 """`sftrl report` end to end on a storage fixture with known samples.
 
 Every number in the written CSVs is recomputed here from the items the fixture wrote: accuracy,
-bootstrap intervals (same seed, and a normal approximation), seed mean/std/min/max, best marks,
+intervals (scipy's Wilson, Jeffreys draws with the same seed, and a normal approximation), seed mean/std/min/max, best marks,
 deltas from base, and McNemar p-values against scipy.stats.binomtest.
 """
 
@@ -194,8 +194,12 @@ def run_score(st: Study, run: str, col: str) -> float:
 
 
 def boot_same_seed(counts: list[tuple[int, int]], seed: int = 0, b: int = 2000) -> tuple[float, float]:
+    """One benchmark: scipy's Wilson interval; an average: Jeffreys draws with the report's seed."""
+    if len(counts) == 1:
+        ci = binomtest(counts[0][0], counts[0][1]).proportion_ci(method="wilson")
+        return ci.low, ci.high
     rng = np.random.default_rng(seed)
-    sims = np.mean([rng.binomial(n, k / n, size=b) / n for k, n in counts], axis=0)
+    sims = np.mean([rng.beta(k + 0.5, n - k + 0.5, size=b) for k, n in counts], axis=0)
     return tuple(np.quantile(sims, [0.025, 0.975]))  # type: ignore[return-value]
 
 

@@ -91,10 +91,29 @@ def test_malformed_rows_are_counted_and_skipped(tmp_path, caplog):
     ds, report = load_rl(str(src))
     assert sorted(ids(ds)) == ["r0", "r6", "r7"]
     assert report.total == 9 and report.used == 3
-    assert report.skipped == {"no answer": 1, "unreadable image": 2, "image file img/missing.png not found": 1,
-                              "no question": 1, "line 9 is not JSON (Expecting property name enclosed in double quotes)": 1}
+    assert report.skipped == {"no answer": 1, "unreadable image": 2, "image file not found": 1, "no question": 1,
+                              "not JSON": 1}
     assert "used 3 of 9 rows; skipped 6" in report.summary()
     assert "skipped 6" in caplog.text
+    assert report.as_dict()["skipped"] == report.skipped  # what results.json and the report add up
+
+
+def test_skipped_rows_add_up_by_reason_with_details_only_in_examples(tmp_path):
+    rows = image_rows(tmp_path, 6)
+    rows[0]["image"], rows[1]["image"], rows[2]["image"] = "img/gone-a.png", "img/gone-b.png", "img/gone-c.png"
+    src = write_jsonl(tmp_path / "rl.jsonl", rows)
+    with src.open("a") as f:
+        f.write("{broken\n[1, 2\n")
+    _, report = load_rl(str(src))
+    assert report.skipped == {"image file not found": 3, "not JSON": 2}
+    assert any("img/gone-" in e for e in report.examples) and any("line 7" in e for e in report.examples)
+
+
+def test_a_numeric_question_is_a_question(tmp_path):
+    rows = image_rows(tmp_path, 2)
+    rows[0]["problem"], rows[1]["problem"] = 12345, 2.5
+    _, report = load_rl(str(write_jsonl(tmp_path / "rl.jsonl", rows)))
+    assert report.used == 2 and not report.skipped
 
 
 def test_scale_beyond_the_usable_rows_is_an_error(tmp_path):

@@ -94,14 +94,26 @@ def test_prune_removes_stale_partials_but_not_newer_ones(tmp_path):
     assert steps == {3: True, 4: False}
 
 
-def test_corrupt_download_is_refused(s3_bucket, tmp_path):
-    output = f"{s3_bucket}/stages/x"
-    uri = storage.join(checkpoints.checkpoints_uri(output), "checkpoint-5")
-    storage.publish(_fake_checkpoint(tmp_path / "c", 5), uri)
-    storage.write_text(storage.join(uri, "model.safetensors"), "tampered")
-    with pytest.raises(storage.StorageError, match="does not match its manifest"):
-        resume_dir(output, tmp_path / "dl")
-    assert not (tmp_path / "dl" / "checkpoint-5").exists()  # nothing half-fetched is left to reuse
+def test_a_checkpoint_that_fails_its_check_is_skipped_for_the_previous_one(output, tmp_path, caplog):
+    ck = checkpoints.checkpoints_uri(output)
+    for step in (2, 4):
+        d = _fake_checkpoint(tmp_path / f"c{step}", step, payload=str(step))
+        (d / checkpoints.SIDECAR_DIR).mkdir()
+        (d / checkpoints.SIDECAR_DIR / "metrics.jsonl").write_text(json.dumps({"step": step}) + "\n")
+        storage.publish(d, storage.join(ck, f"checkpoint-{step}"))
+    storage.write_text(storage.join(ck, "checkpoint-4", "model.safetensors"), "tampered")  # same name, other bytes
+    restored = tmp_path / "restored.jsonl"
+    with caplog.at_level("WARNING"):
+        path = resume_dir(output, tmp_path / "dl", sidecars={"metrics.jsonl": restored})
+    assert path is not None and path.endswith("checkpoint-2")
+    assert json.loads((Path(path) / "trainer_state.json").read_text())["global_step"] == 2
+    assert json.loads(restored.read_text())["step"] == 2  # the sidecars of the checkpoint resumed from
+    assert "skipping checkpoint" in caplog.text and "checkpoint-4" in caplog.text
+    assert not (tmp_path / "dl" / "checkpoint-4").exists()  # nothing half-fetched is left to reuse
+    assert [p.name for p in (tmp_path / "dl").glob(".checkpoint-*")] == []
+    # a missing file fails the check the same way; with no checkpoint left that verifies: start fresh
+    storage.delete_prefix(storage.join(ck, "checkpoint-2", "trainer_state.json"))
+    assert resume_dir(output, tmp_path / "dl2") is None
 
 
 def test_publish_stage_model_first_success_last(output, tmp_path, monkeypatch):
