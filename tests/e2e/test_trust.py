@@ -46,7 +46,7 @@ def experiment(tmp_path: Path, trl: dict | None = None) -> Path:
     raw = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
     s = raw["spec"]
     raw["metadata"]["name"] = "trust"
-    s.update(storage="./runs", methods=["sft"], scales=[16])
+    s.update(storage="./runs", methods=["sft"], scales=[16], data=s["data"][:1])  # the given-traces source only
     s["data"][0].update(sft="./data/sft.jsonl")
     s["sft"].update(epochs=1, global_batch_size=16, per_device_batch_size=16, trl=trl or {})
     s["eval"].update(limit=8, max_new_tokens=8)
