@@ -1,12 +1,12 @@
 """`sftrl plan --explain EXPERIMENT [STAGE]`: the resolved training arguments of each stage. Pure.
 
 For every training stage of the plan: each TRL config field that differs from TRL's default
-(`contract.TRL_GRPO_DEFAULTS` / `TRL_SFT_DEFAULTS`), then what sftrl does around TRL (mini-batches,
+(`recipes.TRL_GRPO_DEFAULTS` / `TRL_SFT_DEFAULTS`), then what sftrl does around TRL (mini-batches,
 reward rule, online filter, held-out decoding), the processor's pixel bounds and the frozen modules,
 each with its source: ``recipe <name>`` (and the EasyR1 / LLaMA-Factory file it comes from),
 ``experiment`` (set in the file), ``default`` (the field's default, the paper's value), ``derived``
 (computed from others) or ``sftrl`` (operational). The resolution is the one the stages run
-(`contract.resolve_rl` / `resolve_sft`), so what is printed is what trains.
+(`recipes.resolve_rl` / `resolve_sft`), so what is printed is what trains.
 
 Stages whose explanation is identical (the same settings for other data, scales or seeds) are
 printed once, with all their ids. Eval stages do not train and are listed by id only.
@@ -18,9 +18,8 @@ from typing import Any
 
 from controller.plan import Plan, Stage
 from controller.spec import Experiment
-from job_runtime.contract import (
-    TRL_GRPO_DEFAULTS, TRL_SFT_DEFAULTS, Resolved, RLParams, SFTParams, Setting, resolve_rl, resolve_sft,
-)
+from job_runtime.contract import RLParams, SFTParams
+from job_runtime.recipes import TRL_GRPO_DEFAULTS, TRL_SFT_DEFAULTS, Resolved, Setting, resolve_rl, resolve_sft
 
 _RL_PIXELS = ("min_pixels", "max_pixels")
 _SFT_PIXELS = ("image_min_pixels", "image_max_pixels")

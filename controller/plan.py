@@ -188,11 +188,12 @@ class _Builder:
                                data=dict(self.spec.eval.data))
 
     def rl_sampling(self) -> Any:
-        """The RL stages' resolved settings (contract.resolve_rl under the rl recipe): how they sample,
+        """The RL stages' resolved settings (recipes.resolve_rl under the rl recipe): how they sample,
         size images and grade accuracy, which the probes and the distill stages' verification follow.
         Only these settings are read, so the batch layout is neutralised (one update of one sequence per
         device): an experiment whose methods include no RL stage may leave it unusable."""
-        from job_runtime.contract import RLParams, resolve_rl
+        from job_runtime.contract import RLParams
+        from job_runtime.recipes import resolve_rl
 
         rl = self.spec.rl
         neutral = RLParams.model_validate({**rl.model_dump(), "mini_batch_size": rl.global_batch_size,

@@ -2,7 +2,7 @@
 
 setup -> run -> publish:
 
-1. Setup. Parameters are `contract.RLParams`; `contract.resolve_rl` turns them, the algorithm
+1. Setup. Parameters are `contract.RLParams`; `recipes.resolve_rl` turns them, the algorithm
    (grpo | dapo) and the recipe (``rl.recipe``: easyr1, the study's, or trl) into GRPOConfig fields
    and sftrl's own behaviour, each value with its source (`sftrl plan --explain` prints the same).
    Under easyr1 a rollout batch of ``global_batch_size`` prompts x ``num_generations`` rollouts is
@@ -34,9 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from job_runtime.io import scratch, storage
-from job_runtime.contract import (
-    METRICS_JSONL, RESULTS_JSON, RL_KEEP_CHECKPOINTS, RecipeError, Resolved, RLParams, StageConfig, resolve_rl,
-)
+from job_runtime.contract import METRICS_JSONL, RESULTS_JSON, RecipeError, RLParams, StageConfig
+from job_runtime.recipes import RL_KEEP_CHECKPOINTS, Resolved, resolve_rl
 from job_runtime.errors import StageError
 from job_runtime.train.setup import TrainerConfigError, check_trl_overrides, launcher_world_size
 
@@ -53,7 +52,7 @@ RLConfigError = TrainerConfigError  # an rl parameter is unusable; the message n
 
 
 def resolve(cfg: StageConfig, params: RLParams, world_size: int) -> Resolved:
-    """The stage's resolved settings (`contract.resolve_rl`), a config error naming the field.
+    """The stage's resolved settings (`recipes.resolve_rl`), a config error naming the field.
 
     >>> from job_runtime.contract import Labels
     >>> cfg = StageConfig(kind="rl", id="x", output="file:///x", model="m", algorithm="grpo",

@@ -2,7 +2,7 @@
 
 setup -> train -> publish:
 
-1. Setup. Parameters are `contract.SFTParams`; `contract.resolve_sft` resolves them with the recipe
+1. Setup. Parameters are `contract.SFTParams`; `recipes.resolve_sft` resolves them with the recipe
    (``sft.recipe``: llamafactory, the study's, or trl) into SFTConfig fields and sftrl's own
    behaviour, each with its source. llamafactory (examples/train_full/qwen2_5vl_full_sft.yaml): global
    batch 128, lr 1e-5, 3 epochs, cosine schedule, 10% warmup, cutoff 2048 tokens, the vision tower
@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from job_runtime.io import scratch, storage
-from job_runtime.contract import METRICS_JSONL, RESULTS_JSON, SFT_KEEP_CHECKPOINTS, Resolved, SFTParams, StageConfig, resolve_sft
+from job_runtime.contract import METRICS_JSONL, RESULTS_JSON, SFTParams, StageConfig
+from job_runtime.recipes import SFT_KEEP_CHECKPOINTS, Resolved, resolve_sft
 from job_runtime.errors import StageError
 from job_runtime.train.setup import (
     TrainerConfigError, accumulation, check_trl_overrides, freeze_modules, launcher_world_size,
@@ -78,7 +79,7 @@ def _checkpointing_field() -> str:
 
 
 def resolve(cfg: StageConfig, params: SFTParams, world_size: int) -> Resolved:
-    """The stage's resolved settings (`contract.resolve_sft`), a config error naming the field."""
+    """The stage's resolved settings (`recipes.resolve_sft`), a config error naming the field."""
     try:
         return resolve_sft(params, world_size, seed=cfg.seed)
     except ValueError as e:

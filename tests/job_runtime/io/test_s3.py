@@ -15,7 +15,7 @@ from job_runtime.io.storage import StorageError, StorageUnavailable
 from tests.job_runtime.conftest import free_port, moto_server, point_at, reset_s3_backend
 
 import boto3  # the s3 extra (make venv installs it)
-from job_runtime.io.s3 import S3Settings, read_credentials_file  # noqa: E402
+from job_runtime.io.s3_settings import S3Settings, read_credentials_file  # noqa: E402
 
 
 def _client(endpoint: str, **creds: str):

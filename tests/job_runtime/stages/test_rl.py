@@ -224,7 +224,7 @@ def test_batch_arithmetic_must_divide():
 
 
 def test_recipe_defaults_and_overrides():
-    from job_runtime.contract import resolve_rl
+    from job_runtime.recipes import resolve_rl
 
     def view(params, algorithm):
         r = resolve_rl(params, algorithm, 8)

@@ -42,7 +42,7 @@ def _cmd(config_uri: str) -> list[str]:
 def _write_stage(bucket: str, stage_id: str) -> tuple[str, str]:
     output = f"{bucket}/stages/{stage_id}"
     # One update per rollout batch keeps this test's step arithmetic; checkpoints of multi-update
-    # rollout batches fall on whole batches (contract._save_steps).
+    # rollout batches fall on whole batches (recipes._save_steps).
     cfg = tiny_stage(output, "grpo", scale=32, stage_id=stage_id, heldout_every_steps=4, save_steps=2,
                      mini_batch_size=4)
     config_uri = storage.join(output, "stage.json")

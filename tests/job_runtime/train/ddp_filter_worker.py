@@ -17,7 +17,8 @@ def main(out: str) -> None:
     from trl import GRPOConfig
 
     from job_runtime.builtin.tiny_model import tiny_model_path
-    from job_runtime.contract import RLParams, resolve_rl
+    from job_runtime.contract import RLParams
+    from job_runtime.recipes import resolve_rl
     from job_runtime.train.dynamic_sampling import DynamicSamplingGRPOTrainer
     from tests.job_runtime.train.test_dynamic_sampling import ADD, _rows, _signal_reward
 

@@ -170,7 +170,8 @@ def _train(tmp_path, reward, online: bool = True, steps: int | None = None, filt
     from trl import GRPOConfig
 
     from job_runtime.builtin.tiny_model import tiny_model_path
-    from job_runtime.contract import RLParams, resolve_rl
+    from job_runtime.contract import RLParams
+    from job_runtime.recipes import resolve_rl
     from job_runtime.train.dynamic_sampling import DynamicSamplingGRPOTrainer
 
     path = tiny_model_path()

@@ -87,7 +87,8 @@ def test_accuracy_reward_study_and_lenient(text, gold, choices, study, lenient):
 
 def test_the_recipe_picks_the_accuracy_rule():
     """easyr1 (the study default) grades an unboxed correct answer 0; the lenient option gives it credit."""
-    from job_runtime.contract import RLParams, resolve_rl
+    from job_runtime.contract import RLParams
+    from job_runtime.recipes import resolve_rl
 
     text, gold = "<think>3 + 4</think> The answer is 7.", "7"
     for params, expected in (
