@@ -348,7 +348,8 @@ def test_submit_status_logs_cancel(fake, tmp_path, capsys, monkeypatch):
     assert _cli("logs", "demo", sid[:8]) == 0
     assert f"{_name(plan, sid)}: exit 0" in capsys.readouterr().out
     assert _cli("cancel", "demo") == 0
-    assert fake.get(EXPERIMENTS, "default", "demo")["metadata"]["annotations"] == {"sftrl.io/cancel": "true"}
+    assert fake.get(EXPERIMENTS, "default", "demo")["metadata"]["annotations"] == {
+        "sftrl.io/cancel": "true", "sftrl.io/inputs": "{}"}  # builtin:// inputs only: nothing to fingerprint
     capsys.readouterr()
     assert _cli("logs", "demo", "nope") == 2 and "matches no stage" in capsys.readouterr().err
 
