@@ -235,6 +235,26 @@ def test_unreachable_api_and_missing_kubeconfig_say_what_to_do(tmp_path):
         k8s.connect(str(tmp_path / "no-such-kubeconfig"))
 
 
+def test_a_truncated_artifact_is_not_done_and_the_reason_names_the_file(fake, tmp_path):
+    """As storage.is_complete: a _SUCCESS whose file lost bytes does not make the stage done; the
+    verdict is kept for that manifest, and a new manifest (a new attempt's) is judged again."""
+    api, exp, plan = _setup(fake, tmp_path)
+    sid = next(iter(plan.stages))
+    out = storage.local_path(plan.stages[sid].config.output)
+    out.mkdir(parents=True)
+    (out / "model.bin").write_bytes(b"ab")  # truncated: the manifest says 4
+    storage.write_json(storage.join(plan.stages[sid].config.output, "_SUCCESS"), {"files": {"model.bin": {"size": 4}}})
+    ex = k8s.K8sExecutor(api, exp, "default")
+    assert ex.observe(plan)[sid].state == State.PENDING
+    assert ex.incomplete == {sid: "model.bin is 2 bytes, but its _SUCCESS manifest says 4"}
+    ex.apply(plan, [Launch(sid, 1)])  # asked again just before the launch: still not done, so it runs
+    assert ex.launched == [(sid, 1)] and ex.found_done == []
+    (out / "model.bin").write_bytes(b"abcd")  # the new attempt writes its files, then its manifest
+    storage.write_json(storage.join(plan.stages[sid].config.output, "_SUCCESS"),
+                       {"files": {"model.bin": {"size": 4}}, "created": time.time()})
+    assert ex.observe(plan)[sid].state == State.SUCCEEDED and ex.incomplete == {}
+
+
 def test_completion_listing_on_s3(tmp_path, monkeypatch):
     """The remote branch of ClusterView: one listing of stages/ (real moto S3 server)."""
     from moto.server import ThreadedMotoServer
