@@ -411,3 +411,27 @@ def test_docstring_examples():
     for mod in (render, attempts, operator):
         result = doctest.testmod(mod)
         assert result.failed == 0 and result.attempted > 0, mod.__name__
+
+
+def test_a_truncated_artifact_runs_its_stage_again_and_the_status_names_the_file(fake, tmp_path):
+    """As locally (storage.is_complete): a _SUCCESS whose file lost bytes is not done on a cluster."""
+    from job_runtime.io import storage
+
+    spec = tiny_spec(f"file://{tmp_path}/store", methods=["sft"])
+    plan = _plan(spec)
+    sid = next(iter(plan.stages))
+    out = plan.stages[sid].config.output
+    storage.write_text(storage.join(out, "results.json"), "{}")
+    storage.write_json(storage.join(out, "_SUCCESS"), {"files": {"results.json": {"size": 200}}})
+    submit(fake, "demo", spec)
+    op = Operator(connect(fake, tmp_path), "default", defaults=ClusterDefaults())
+    op.cycle()
+    why = f"stage {sid} is not done, because results.json is 2 bytes, but its _SUCCESS manifest says 200"
+    degraded = next(c for c in _status(fake)["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "ArtifactsIncomplete" and why in degraded["message"]
+    assert any(e["reason"] == "StageIncomplete" and e["message"].startswith(why) for e in fake.objects(EVENTS))
+    assert _name(plan, sid) in {j["metadata"]["name"] for j in fake.objects(JOBS)}  # it runs again
+    _drive(op, fake)
+    st = _status(fake)
+    assert st["phase"] == "Succeeded" and storage.is_complete(out)
+    assert next(c for c in st["conditions"] if c["type"] == "Degraded")["status"] == "False"
