@@ -34,7 +34,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from controller.spec import Experiment
 from job_runtime.io import storage
@@ -265,8 +265,16 @@ class _Hub:
 # --- all of them ----------------------------------------------------------------------------------
 
 
-def collect(exp: Experiment, opener: Opener = urllib.request.urlopen) -> Fingerprints:
-    """Fingerprints of every input of the experiment, and the problems that stop a run.
+def needing(exp: Experiment, known: Collection[str] = ()) -> list[str]:
+    """URIs of the experiment's inputs that have a fingerprint to compute (not builtin://) and are
+    not in ``known``, in the order of the experiment file."""
+    return [inp.uri for inp in inputs_of(exp) if inp.kind != "builtin" and inp.uri not in known]
+
+
+def collect(exp: Experiment, opener: Opener = urllib.request.urlopen,
+            only: Collection[str] | None = None) -> Fingerprints:
+    """Fingerprints of every input of the experiment (or of the URIs in ``only``), and the problems
+    that stop a run.
 
     Local inputs are all checked; after the first s3:// input whose store cannot be reached, and
     after the hub first fails to answer, the rest of their kind are not asked again.
@@ -276,6 +284,8 @@ def collect(exp: Experiment, opener: Opener = urllib.request.urlopen) -> Fingerp
     s3_down: str | None = None
     unchecked: list[str] = []
     for inp in inputs_of(exp):
+        if only is not None and inp.uri not in only:
+            continue
         if inp.kind == "local":
             _local(inp, fp)
         elif inp.kind == "s3":

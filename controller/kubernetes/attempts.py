@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping
 from controller.reconcile import Observed, State
 
 EXIT_CODE_GRACE_S = 60.0
+MESSAGE_MAX = 1000  # characters of an error line kept in the status
 
 
 def ts(value: str | None) -> float | None:
@@ -48,9 +49,10 @@ def iso(t: float) -> str:
 class Attempt:
     """The durable record of a stage's latest attempt (``status.attempts.<stage>`` of an Experiment).
 
-    >>> a = Attempt(2, "failed", retryable=False, exit_code=1, reason="PyTorchJobFailed", finished_at=1735689600.0)
+    >>> a = Attempt(2, "failed", retryable=False, exit_code=1, reason="PyTorchJobFailed", finished_at=1735689600.0,
+    ...             message="ValueError: row 3 has no answer")
     >>> a.to_status()
-    {'attempt': 2, 'state': 'failed', 'retryable': False, 'exitCode': 1, 'reason': 'PyTorchJobFailed', 'finishedAt': '2025-01-01T00:00:00Z'}
+    {'attempt': 2, 'state': 'failed', 'retryable': False, 'exitCode': 1, 'reason': 'PyTorchJobFailed', 'finishedAt': '2025-01-01T00:00:00Z', 'message': 'ValueError: row 3 has no answer'}
     >>> Attempt.from_status(a.to_status()) == a
     True
     """
@@ -61,6 +63,7 @@ class Attempt:
     exit_code: int | None = None
     reason: str = ""
     finished_at: float | None = None
+    message: str = ""  # the failed attempt's error line (the stage's _FAILED record), or why its output is bad
 
     def to_status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"attempt": self.attempt, "state": self.state, "retryable": self.retryable}
@@ -70,6 +73,8 @@ class Attempt:
             out["reason"] = self.reason
         if self.finished_at is not None:
             out["finishedAt"] = iso(self.finished_at)
+        if self.message:
+            out["message"] = self.message[:MESSAGE_MAX]
         return out
 
     @classmethod
@@ -79,7 +84,7 @@ class Attempt:
         try:
             return cls(int(d["attempt"]), str(d["state"]), bool(d.get("retryable", True)),
                        None if d.get("exitCode") is None else int(d["exitCode"]), str(d.get("reason") or ""),
-                       ts(d.get("finishedAt")))
+                       ts(d.get("finishedAt")), str(d.get("message") or ""))
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -96,6 +101,21 @@ def later(a: Attempt | None, b: Attempt | None) -> Attempt | None:
     if a.attempt != b.attempt:
         return a if a.attempt > b.attempt else b
     return b if a.state == "running" and b.state != "running" else a
+
+
+def explain(rec: Attempt) -> str:
+    """What the record says about why the attempt failed, when it has no error line of its own.
+
+    >>> explain(Attempt(1, "lost", reason="JobGone")), explain(Attempt(2, "failed", reason="BackoffLimitExceeded"))
+    ('its PyTorchJob vanished before its outcome was seen', 'the PyTorchJob failed (BackoffLimitExceeded)')
+    """
+    if rec.message:
+        return rec.message
+    if rec.state == "lost":
+        return "its PyTorchJob vanished before its outcome was seen"
+    if rec.reason == "SucceededWithoutOutput":
+        return "its job succeeded, but the stage's _SUCCESS manifest is not in storage"
+    return f"the PyTorchJob failed ({rec.reason})" if rec.reason else "no error line recorded"
 
 
 def job_phase(job: Mapping[str, Any]) -> tuple[str, dict[str, Any] | None]:

@@ -3,6 +3,11 @@
 ``register(subparsers)`` adds them to the lead's ``sftrl`` parser. ``render`` needs no cluster and
 no kubernetes package; the others import controller.kubernetes.executor / controller.kubernetes.operator lazily and
 fail with one clear line (exit 2) when no cluster can be reached.
+
+Stage ids agree everywhere: ``render`` and ``submit`` fingerprint the inputs here, as ``sftrl
+plan`` does (controller/fingerprint.py); ``submit`` runs every preflight check first (exit 2, nothing
+created) and records the fingerprints on the Experiment (annotation ``sftrl.io/inputs``), and the
+operator, ``status`` and ``logs`` plan with the recorded ones (controller/kubernetes/inputs.py).
 """
 
 from __future__ import annotations
@@ -20,9 +25,12 @@ from typing import Any
 
 import yaml
 
-from controller.kubernetes import render
+from job_runtime.io import storage
+from controller import fingerprint
 from controller import spec as spec_mod
-from controller.plan import build_plan
+from controller import status as status_mod
+from controller.kubernetes import inputs, render
+from controller.plan import Plan, build_plan
 
 EXIT_USAGE = 2
 CR_API_VERSION = "sftrl.io/v1alpha1"
@@ -43,18 +51,37 @@ def _load(path: str) -> tuple[spec_mod.Experiment, dict[str, Any]]:
 # --- render -----------------------------------------------------------------------------------------
 
 
+def _notes(notes: list[str]) -> None:
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     try:
         exp, _ = _load(args.file)
-        plan = build_plan(exp)
-        jobs = render.render_plan(plan, exp, namespace=args.namespace)
     except spec_mod.SpecError as e:
         print(e.render(), file=sys.stderr)
         return EXIT_USAGE
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)  # an unusable -o is said before any input is read
+    if args.no_fingerprints:
+        values: dict[str, str] = {}
+        print("note: stage ids are provisional (--no-fingerprints): they hash the inputs' URIs, not their content, "
+              "so they differ from `sftrl plan` and `sftrl submit` for inputs that are not builtin://", file=sys.stderr)
+    else:
+        fp = fingerprint.collect(exp)
+        _notes(fp.notes)
+        if fp.problems:
+            print(spec_mod.SpecError(args.file, fp.problems + [
+                "(stage ids hash the inputs' content; to render without reading them, pass --no-fingerprints: "
+                "the ids are then provisional)"]).render(), file=sys.stderr)
+            return EXIT_USAGE
+        values = fp.values
+    try:
+        plan = build_plan(exp, values)
+        jobs = render.render_plan(plan, exp, namespace=args.namespace)
     except render.RenderError as e:
         return _err(str(e))
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     for job, cfg in jobs:
         bad = render.webhook_errors(job)
         if bad:  # a bug, not user error: say exactly what
@@ -111,12 +138,14 @@ def _guard(fn):
     return wrapper
 
 
-def _experiment_body(exp: spec_mod.Experiment, raw: dict[str, Any], namespace: str) -> dict[str, Any]:
+def _experiment_body(exp: spec_mod.Experiment, raw: dict[str, Any], namespace: str,
+                     fingerprints: dict[str, str]) -> dict[str, Any]:
     spec = dict(raw.get("spec") or {})
     spec["kubernetes"] = {**(spec.get("kubernetes") or {}), "namespace": namespace}
     return {"apiVersion": CR_API_VERSION, "kind": "Experiment",
             "metadata": {"name": exp.metadata.name, "namespace": namespace,
-                         "labels": {render.L_PART_OF: "sftrl", render.L_MANAGED_BY: "sftrl-cli"}},
+                         "labels": {render.L_PART_OF: "sftrl", render.L_MANAGED_BY: "sftrl-cli"},
+                         "annotations": {inputs.ANNOTATION: inputs.encode(fingerprints)}},
             "spec": spec}
 
 
@@ -139,6 +168,26 @@ def _cluster_storage(raw: dict[str, Any], override: str | None, watch: bool) -> 
     return {**raw, "spec": spec}
 
 
+def _local_inputs(exp: spec_mod.Experiment) -> list[str]:
+    """Inputs that are files on this machine: pods in the cluster cannot read them."""
+    return [f"{inp.where}: {inp.uri} is a path on this machine, because pods in the cluster cannot read local files. "
+            "Upload it (s3://...) or publish it on the Hugging Face hub, and use that URI"
+            for inp in fingerprint.inputs_of(exp) if inp.kind == "local"]
+
+
+def _preflight(exp: spec_mod.Experiment, raw: dict[str, Any], args: argparse.Namespace) -> tuple[dict[str, str], list[str]]:
+    """(fingerprints of the inputs, problems): every check of `sftrl validate`, with this machine's
+    credentials, before anything is created in the cluster; and no input may be a local file."""
+    from controller import preflight
+
+    storage_known = "storage" in (raw.get("spec") or {})  # else the cluster's default: not ours to check
+    if args.storage:
+        exp.spec.storage = args.storage
+    pre = preflight.check(exp, check_storage=storage_known or bool(args.storage))
+    _notes(pre.notes)
+    return pre.fingerprints, _local_inputs(exp) + pre.problems
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     try:
         exp, raw = _load(args.file)
@@ -153,15 +202,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not args.namespace and (raw.get("spec") or {}).get("kubernetes", {}).get("namespace"):
         args.namespace = raw["spec"]["kubernetes"]["namespace"]
     raw = _cluster_storage(raw, args.storage, args.watch)
-    n_stages = len(plan.stages)
-    return _guard(lambda a: _submit(a, exp, raw, n_stages))(args)
+    fingerprints, problems = _preflight(exp, raw, args)
+    if problems:  # every user error before a GPU is spent: nothing is created
+        print(spec_mod.SpecError(args.file, problems).render(), file=sys.stderr)
+        return EXIT_USAGE
+    n_stages = len(build_plan(exp, fingerprints).stages)
+    return _guard(lambda a: _submit(a, exp, raw, n_stages, fingerprints))(args)
 
 
-def _submit(args: argparse.Namespace, exp: spec_mod.Experiment, raw: dict[str, Any], n_stages: int) -> int:
+def _submit(args: argparse.Namespace, exp: spec_mod.Experiment, raw: dict[str, Any], n_stages: int,
+            fingerprints: dict[str, str]) -> int:
     from controller.kubernetes.executor import ApiRejected
 
     api, ns = _connect(args)
-    body = _experiment_body(exp, raw, ns)
+    body = _experiment_body(exp, raw, ns, fingerprints)
     name = exp.metadata.name
     if api.create_experiment(ns, body) is not None:
         print(f"experiment {name} created in namespace {ns}: {n_stages} stages")
@@ -169,7 +223,8 @@ def _submit(args: argparse.Namespace, exp: spec_mod.Experiment, raw: dict[str, A
         for _ in range(5):  # replace the spec (and drop a cancel) on the latest version
             cur = api.get_experiment(ns, name) or {}
             meta = dict(cur.get("metadata") or {})
-            annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != "sftrl.io/cancel"}
+            annotations = {**{k: v for k, v in (meta.get("annotations") or {}).items() if k != "sftrl.io/cancel"},
+                           **body["metadata"]["annotations"]}  # this submission's input fingerprints
             if cur.get("spec") == body["spec"] and annotations == (meta.get("annotations") or {}):
                 print(f"experiment {name} in namespace {ns} is unchanged: {n_stages} stages")
                 break
@@ -217,10 +272,39 @@ def _watch(api: Any, ns: str, name: str, interval: float) -> int:
     return 0 if final == "Succeeded" else 1
 
 
-@_guard
-def cmd_status(args: argparse.Namespace) -> int:
+def _recorded_plan(obj: dict[str, Any]) -> tuple[Plan, list[str]]:
+    """The Experiment's plan with the input fingerprints recorded on it (as the operator plans it),
+    and the inputs that have none recorded yet (their stages' ids are provisional until the
+    operator fingerprints them). Raises SpecError."""
     from controller.kubernetes.operator import ClusterDefaults, experiment_of
 
+    exp = experiment_of(obj, ClusterDefaults.from_env())
+    values = inputs.recorded(obj)
+    return build_plan(exp, values), fingerprint.needing(exp, values)
+
+
+def _failure_line(obj: dict[str, Any], plan: Plan, sid: str, ns: str) -> str:
+    """'failed: <error line> (exit N; log: ...)' for a failed stage, as `sftrl plan` says it locally:
+    the error line from the attempt record, else from the stage's _FAILED record in storage."""
+    from controller.kubernetes.attempts import Attempt, explain
+
+    rec = Attempt.from_status(((obj.get("status") or {}).get("attempts") or {}).get(sid)) or Attempt(0, "failed")
+    error, code = rec.message, rec.exit_code
+    if not error:
+        try:
+            failure = storage.read_failure(plan.stages[sid].config.output) or {}
+        except (storage.StorageError, OSError):
+            failure = {}
+        error = str(failure.get("error") or "") or explain(rec)
+        code = code if code is not None else failure.get("exit_code") if isinstance(failure.get("exit_code"), int) else None
+    name = obj["metadata"]["name"]
+    job = f"PyTorchJob {render.stage_job_name(plan.stages[sid], rec.attempt)}, " if rec.attempt else ""
+    where = f"`sftrl logs {name} {sid} -n {ns}` ({job}kept until its TTL)"
+    return status_mod.StageStatus(status_mod.FAILED, error, where, code).describe()
+
+
+@_guard
+def cmd_status(args: argparse.Namespace) -> int:
     api, ns = _connect(args)
     obj = api.get_experiment(ns, args.name)
     if obj is None:
@@ -228,7 +312,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                     f"`sftrl submit FILE`")
     status = obj.get("status") or {}
     try:
-        plan = build_plan(experiment_of(obj, ClusterDefaults.from_env()))
+        plan, unfingerprinted = _recorded_plan(obj)
     except spec_mod.SpecError as e:
         print(f"experiment {args.name}: spec invalid:\n{e.render()}")
         return 1
@@ -244,23 +328,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     for cond in status.get("conditions") or []:
         if cond.get("type") in ("Valid", "Degraded") and cond.get("status") == ("False" if cond["type"] == "Valid" else "True"):
             print(f"  {cond['type']}: {cond.get('message')}")
+    if unfingerprinted:
+        print(f"  stage ids are provisional: the operator has not fingerprinted {', '.join(unfingerprinted)} yet")
     reasons = status.get("skipped") or {}
     print(f"\n{'STAGE':<20} {'KIND':<7} {'RUN':<44} {'STATE':<10} ATTEMPTS")
     for sid, st in plan.stages.items():
+        state = states.get(sid, "pending")
         why = f"  {reasons[sid]}" if sid in reasons else ""
-        print(f"{sid:<20} {st.kind:<7} {st.labels.run:<44} {states.get(sid, 'pending'):<10} {attempts.get(sid, 0)}{why}")
+        print(f"{sid:<20} {st.kind:<7} {st.labels.run:<44} {state:<10} {attempts.get(sid, 0)}{why}")
+        if state == "failed":
+            print(f"{'':<20} ^ {_failure_line(obj, plan, sid, ns)}")
     return 0
 
 
 @_guard
 def cmd_logs(args: argparse.Namespace) -> int:
-    from controller.kubernetes.operator import ClusterDefaults, experiment_of
-
     api, ns = _connect(args)
     obj = api.get_experiment(ns, args.name)
     if obj is None:
         return _err(f"experiment {args.name} was not found in namespace {ns}. Check the name and -n")
-    plan = build_plan(experiment_of(obj, ClusterDefaults.from_env()))
+    try:
+        plan = _recorded_plan(obj)[0]
+    except spec_mod.SpecError as e:
+        print(e.render(), file=sys.stderr)
+        return EXIT_USAGE
     matches = [s for s in plan.stages if s.startswith(args.stage)]
     if len(matches) != 1:
         what = "matches no stage" if not matches else f"matches {len(matches)} stages ({', '.join(matches[:5])})"
@@ -343,9 +434,13 @@ def register(sub: Any) -> None:
     r.add_argument("file")
     r.add_argument("-o", "--output", required=True, help="output directory")
     r.add_argument("-n", "--namespace", default=None, help="namespace of the jobs (default: spec.kubernetes.namespace)")
+    r.add_argument("--no-fingerprints", action="store_true",
+                   help="do not read the inputs: stage ids hash their URIs only (provisional; they differ from "
+                        "`sftrl plan` and `sftrl submit` for inputs that are not builtin://)")
     r.set_defaults(func=cmd_render)
 
-    s = sub.add_parser("submit", help="create or update the Experiment in the cluster")
+    s = sub.add_parser("submit", help="check the file like `sftrl validate`, then create or update the Experiment "
+                                      "in the cluster with its inputs' fingerprints")
     s.add_argument("file")
     s.add_argument("--watch", action="store_true", help="run the operator loop here until the experiment ends")
     s.add_argument("--interval", type=float, default=5.0, help="seconds between cycles with --watch")

@@ -1,8 +1,10 @@
 """Kubernetes executor: each stage runs as a Kubeflow PyTorchJob.
 
 Observing costs one label-selected list of PyTorchJobs per cycle, whatever the number of stages
-(``ClusterView.refresh``), plus one listing of the storage root for ``_SUCCESS`` manifests, which
-alone decide completion. Jobs are named from the stage id, the storage root and the attempt
+(``ClusterView.refresh``). Completion is decided by storage alone: a stage is done when its
+``_SUCCESS`` manifest is there and its files have the recorded sizes, judged once per manifest
+(controller/kubernetes/completion.py: no storage call in a steady cycle), and asked again just
+before a stage is launched. Jobs are named from the stage id, the storage root and the attempt
 (controller/kubernetes/render.py), not from the experiment, so a stage shared by two experiments on
 one storage root is one job, and a restarted operator finds the jobs it made. Creating is
 idempotent: stage.json is written to storage first, then the job is created; ``409 AlreadyExists``
@@ -23,6 +25,7 @@ import logging
 import os
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -33,12 +36,13 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from controller.kubernetes import render
-from controller.kubernetes.attempts import Attempt, exit_code_of, job_phase, later, observe_stage, terminating
+from controller.kubernetes.attempts import Attempt, exit_code_of, job_phase, later, observe_stage, terminating, ts
+from controller.kubernetes.completion import Completion
 from controller.plan import Plan
 from controller.reconcile import Action, Delete, Launch, Observed
 from controller.spec import Experiment
 from job_runtime.io import storage
-from job_runtime.contract import STAGES_DIR, SUCCESS
+from job_runtime.contract import SUCCESS
 
 log = logging.getLogger("sftrl.k8s")
 
@@ -282,8 +286,8 @@ class ClusterView:
         self.by_stage: dict[StageKey, dict[int, dict[str, Any]]] = {}
         self._exit: dict[str, int] = {}  # job uid (or "ns/name" for pods without owner) -> exit code
         self._pods_listed = False
-        self._done: dict[str, set[str]] = {}  # storage root -> complete stage ids (this refresh)
-        self._done_forever: dict[str, set[str]] = {}  # remote roots: complete stays complete
+        self.completion = Completion()  # verdicts on _SUCCESS manifests, kept across refreshes
+        self._fresh = 0  # refresh count: local roots are scanned once per refresh
         self.rejected: dict[tuple[str, str], tuple[float, str]] = {}  # (ns, stage) -> (retry after, why)
         self.history: dict[StageKey, Attempt] = {}  # durable attempt records of every Experiment
 
@@ -294,7 +298,7 @@ class ClusterView:
             self.add(job)
         self._pods_listed = False
         self._exit = {}
-        self._done = {}
+        self._fresh += 1
 
     @staticmethod
     def _key(job: Mapping[str, Any]) -> tuple[StageKey, int] | None:
@@ -346,28 +350,17 @@ class ClusterView:
             return self._exit[str(meta["uid"])]
         return self._exit.get(f"{meta.get('namespace') or 'default'}/{meta.get('name')}")
 
-    def completed(self, plan: Plan) -> set[str]:
-        """Ids of the plan's stages whose _SUCCESS manifest is in storage (one listing per root)."""
-        root = plan.root
-        if root not in self._done:
-            self._done[root] = self._list_complete(root, [s for s in plan.stages])
-        return self._done[root] & set(plan.stages)
+    def completed(self, plan: Plan, probe: Sequence[str] = ()) -> set[str]:
+        """Ids of the plan's stages that are done in storage (controller/kubernetes/completion.py)."""
+        return self.completion.completed(plan.root, plan.stages, probe, fresh=self._fresh)
 
-    def _list_complete(self, root: str, wanted: Sequence[str]) -> set[str]:
-        stages_uri = storage.join(root, STAGES_DIR)
-        if storage.is_local(root):
-            base = storage.local_path(stages_uri)
-            return {p.parent.name for p in base.glob(f"*/{SUCCESS}")} if base.is_dir() else set()
-        known = self._done_forever.setdefault(root, set())
-        unknown = [s for s in wanted if s not in known]
-        if len(unknown) <= 32:
-            known.update(s for s in unknown if storage.exists(storage.join(stages_uri, s, SUCCESS)))
-        else:
-            for rel in storage.list_prefix(stages_uri):
-                parts = rel.split("/")
-                if len(parts) == 2 and parts[1] == SUCCESS:
-                    known.add(parts[0])
-        return set(known)
+    def incomplete(self, plan: Plan) -> dict[str, str]:
+        """Stage id -> why its ``_SUCCESS`` manifest does not make it done (the file that differs)."""
+        return self.completion.incomplete(plan.root, plan.stages)
+
+    def done_now(self, root: str, stage_id: str) -> bool:
+        """Ask storage now whether a stage is done (one stat or HEAD; its manifest once per identity)."""
+        return self.completion.done_now(root, stage_id)
 
 
 # --- the executor -------------------------------------------------------------------------------
@@ -400,23 +393,45 @@ class K8sExecutor:
         self.adopted: list[str] = []  # job names whose create answered 409: the existing job is the attempt
         self.deleted: list[str] = []
         self.attempts: dict[str, Attempt] = {}
+        self.incomplete: dict[str, str] = {}  # stage -> why its _SUCCESS manifest does not make it done
+        self.found_done: list[str] = []  # stages found done in storage just before their launch
         self.store = ""
 
     def observe(self, plan: Plan) -> dict[str, Observed]:
         if self._refresh:
             self.view.refresh()
-        done = self.view.completed(plan)
         ns, now = self.namespace, self.clock()
         self.store = store = render.storage_key(plan.root)
+        jobs = {sid: self.view.jobs(ns, store, sid) for sid in plan.stages}
+        succeeded = [sid for sid, js in jobs.items() if js and job_phase(js[max(js)])[0] == "succeeded"]
+        done = self.view.completed(plan, probe=succeeded)
+        self.incomplete = self.view.incomplete(plan)
         out: dict[str, Observed] = {}
         self.attempts = {}
         for sid in plan.stages:
-            o, rec = observe_stage(self.view.jobs(ns, store, sid), sid in done, self.view.exit_code,
-                                   self.view.history.get((ns, store, sid)), now)
+            before = self.view.history.get((ns, store, sid))
+            o, rec = observe_stage(jobs[sid], sid in done, self.view.exit_code, before, now)
             out[sid] = o
             if rec is not None:
+                if rec.state == "failed" and not rec.message and (before is None or before.attempt != rec.attempt
+                                                                  or before.state == "running"):
+                    rec = self._why_failed(plan, sid, rec, jobs[sid].get(rec.attempt))  # judged now: read it once
                 self.attempts[sid] = rec
         return out
+
+    def _why_failed(self, plan: Plan, sid: str, rec: Attempt, job: Mapping[str, Any] | None) -> Attempt:
+        """The record with the failed attempt's error line: why its output is bad, or the line the
+        stage wrote to its ``_FAILED`` record (ignored when older than the job: a previous attempt's)."""
+        if rec.reason == "SucceededWithoutOutput" and sid in self.incomplete:
+            return replace(rec, message=f"its output does not match its {SUCCESS} manifest: {self.incomplete[sid]}")
+        try:
+            failure = storage.read_failure(plan.stages[sid].config.output)
+        except (storage.StorageError, OSError):
+            failure = None
+        created = ts(((job or {}).get("metadata") or {}).get("creationTimestamp"))
+        if not failure or not failure.get("error") or (created is not None and float(failure.get("time") or 0) < created - 1):
+            return rec
+        return replace(rec, message=str(failure["error"]).splitlines()[0])
 
     def _cooling(self, plan: Plan) -> dict[str, str]:
         now = self.clock()
@@ -441,6 +456,15 @@ class K8sExecutor:
 
     def _launch(self, plan: Plan, a: Launch) -> None:
         stage = plan.stages[a.stage]
+        try:  # finished elsewhere since this cycle observed it (another experiment, a local run)?
+            if self.view.done_now(plan.root, a.stage):
+                self.found_done.append(a.stage)
+                log.info("stage %s is done in storage already: not launched", a.stage)
+                return
+        except storage.StorageError as e:
+            self.storage_errors[a.stage] = str(e)
+            log.warning("cannot tell whether stage %s is done: %s", a.stage, e)
+            return
         job = render.render_job(stage, self.exp, a.attempt, self.namespace, self.extra_env, self.owners(a.stage))
         name = job["metadata"]["name"]
         try:  # the config first: a job must never start without its stage.json

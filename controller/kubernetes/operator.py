@@ -38,18 +38,20 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from controller import gates
-from controller.kubernetes import render
-from controller.kubernetes.attempts import Attempt
+from controller import fingerprint, gates
+from controller.kubernetes import inputs, render
+from controller.kubernetes.attempts import Attempt, explain
 from controller.kubernetes.executor import ApiRejected, ApiUnavailable, ClusterView, K8sExecutor, KubeApi
 from controller.plan import Plan, build_plan
 from controller.reconcile import Delete, Launch, Observed, Phase, Policy, State, counts, phase, reconcile
 from controller.spec import Experiment, SpecError, validate_dict
+from job_runtime.io import storage
 
 log = logging.getLogger("sftrl.operator")
 
 CANCEL_ANNOTATION = "sftrl.io/cancel"
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
+INPUTS_RETRY_S = 60.0  # inputs the operator could not fingerprint are tried again after this
 MAX_EVENTS_PER_CYCLE = 20
 COMPONENT = "sftrl-operator"
 
@@ -111,8 +113,13 @@ def _condition(prev: list[dict[str, Any]], kind: str, ok: bool, reason: str, mes
 
 def build_status(plan: Plan, observed: Mapping[str, Observed], policy: Policy, cancelled: bool, generation: int,
                  prev: Mapping[str, Any], problems: Mapping[str, str], now: float,
-                 attempts: Mapping[str, Attempt] | None = None) -> dict[str, Any]:
-    """The Experiment status (schema: manifests/crds/sftrl.io_experiments.yaml) for one observation."""
+                 attempts: Mapping[str, Attempt] | None = None,
+                 inputs_record: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The Experiment status (schema: manifests/crds/sftrl.io_experiments.yaml) for one observation.
+
+    ``inputs_record``: the input fingerprints this operator computed itself (``status.inputs``,
+    controller/kubernetes/inputs.py), kept for the life of the spec's generation.
+    """
     dag = plan.dag()
     ph = phase(dag, observed, policy, cancelled=cancelled)
     c = counts(dag, observed, policy)
@@ -126,14 +133,18 @@ def build_status(plan: Plan, observed: Mapping[str, Observed], policy: Policy, c
                    f"{n['succeeded']}/{n['total']} stages succeeded, {n['running']} running, {n['failed']} failed",
                    generation, stamp),
         _condition(prev_conds, "Degraded", bool(problems),
-                   "LaunchRejected" if problems else "AsExpected",
+                   ("ArtifactsIncomplete" if all(k.startswith("incomplete:") for k in problems) else "LaunchRejected")
+                   if problems else "AsExpected",
                    "; ".join(f"{v}" for _, v in sorted(problems.items())) or "no errors", generation, stamp),
     ]
-    return {"phase": ph.value, "observedGeneration": generation, "counts": n,
-            "stages": {sid: observed.get(sid, Observed(State.PENDING)).state.value for sid in dag},
-            **({"skipped": skipped} if (skipped := {s: w for s, w in gates.skipped(observed).items() if s in dag}) else {}),
-            "attempts": {sid: a.to_status() for sid, a in sorted((attempts or {}).items()) if sid in dag},
-            "conditions": conds}
+    out = {"phase": ph.value, "observedGeneration": generation, "counts": n,
+           "stages": {sid: observed.get(sid, Observed(State.PENDING)).state.value for sid in dag},
+           **({"skipped": skipped} if (skipped := {s: w for s, w in gates.skipped(observed).items() if s in dag}) else {}),
+           "attempts": {sid: a.to_status() for sid, a in sorted((attempts or {}).items()) if sid in dag},
+           "conditions": conds}
+    if inputs_record:
+        out["inputs"] = dict(inputs_record)
+    return out
 
 
 def merge_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -207,6 +218,9 @@ class _Tracked:
     exp: Experiment | None
     plan: Plan | None
     error: str | None
+    reason: str = "SpecInvalid"  # of the Valid=False condition when error is set
+    retry_at: float | None = None  # resolve again from this time on (inputs that could not be read)
+    inputs_record: dict[str, Any] | None = None  # status.inputs: fingerprints this operator computed
 
 
 class Operator:
@@ -285,17 +299,34 @@ class Operator:
         return str(((obj.get("metadata") or {}).get("annotations") or {}).get(CANCEL_ANNOTATION, "")).lower() == "true"
 
     def _resolve(self, obj: Mapping[str, Any]) -> _Tracked:
+        """The Experiment's plan, made again only when its spec, its generation or the fingerprints
+        `sftrl submit` annotated change. Its stage ids hash the inputs' content with the recorded
+        fingerprints (controller/kubernetes/inputs.py); inputs without one are fingerprinted here,
+        once per generation, and recorded in ``status.inputs``."""
         m = obj["metadata"]
         key = (m.get("namespace") or "default", m["name"])
-        fp = hashlib.sha256(json.dumps([m["name"], key[0], obj.get("spec")], sort_keys=True).encode()).hexdigest()
+        annotated = inputs.from_annotation(obj)
+        gen = inputs.generation(obj)
+        fp = hashlib.sha256(json.dumps([m["name"], key[0], obj.get("spec"), annotated, gen],
+                                       sort_keys=True).encode()).hexdigest()
         t = self.tracked.get(key)
-        if t is None or t.fingerprint != fp:
+        if t is None or t.fingerprint != fp or (t.retry_at is not None and self.clock() >= t.retry_at):
             try:
                 exp = experiment_of(obj, self.defaults)
-                plan = build_plan(exp)
+                values = inputs.recorded(obj)
+                missing = fingerprint.needing(exp, values)
+                if missing:  # made with kubectl apply: fingerprint them here (the operator's credentials)
+                    got = fingerprint.collect(exp, only=missing)
+                    if got.problems:
+                        self.tracked[key] = t = _Tracked(
+                            fp, None, None, "; ".join(got.problems), "InputsUnusable", self.clock() + INPUTS_RETRY_S)
+                        return t
+                    values.update(got.values)
+                plan = build_plan(exp, values)
                 if plan.stages:
                     render.render_job(next(iter(plan.stages.values())), exp, 1, key[0])  # names valid?
-                t = _Tracked(fp, exp, plan, None)
+                used = [u for u in fingerprint.needing(exp) if u in values]
+                t = _Tracked(fp, exp, plan, None, inputs_record=inputs.status_record(values, annotated, used, gen))
             except SpecError as e:
                 t = _Tracked(fp, None, None, "; ".join(e.problems))
             except render.RenderError as e:
@@ -309,13 +340,18 @@ class Operator:
         prev = dict(obj.get("status") or {})
         now = self.clock()
         if t.error is not None or t.exp is None or t.plan is None:
-            msg = f"the experiment's spec is invalid, because: {t.error}. Fix the experiment file and submit it again"
+            if t.reason == "InputsUnusable":
+                msg = (f"the experiment's inputs cannot be used, because: {t.error}. Checked again every "
+                       f"{INPUTS_RETRY_S:.0f}s; or submit the file with `sftrl submit`, which checks them with your "
+                       "credentials")
+            else:
+                msg = f"the experiment's spec is invalid, because: {t.error}. Fix the experiment file and submit it again"
             status = {"phase": Phase.FAILED.value, "observedGeneration": gen,
-                      "conditions": [_condition(list(prev.get("conditions") or []), "Valid", False, "SpecInvalid",
+                      "conditions": [_condition(list(prev.get("conditions") or []), "Valid", False, t.reason,
                                                 msg, gen, _now_iso(now))]}
             if prev.get("attempts"):  # the history outlives a bad edit of the spec
                 status["attempts"] = prev["attempts"]
-            if self._write_status(ns, name, prev, status, obj, warn=("SpecInvalid", msg))[0]:
+            if self._write_status(ns, name, prev, status, obj, warn=(t.reason, msg))[0]:
                 self.phases[(ns, name)] = status["phase"]
             return
         exp, plan = t.exp, t.plan
@@ -326,7 +362,14 @@ class Operator:
                                pushgateway=self.defaults.pushgateway, extra_env=self.defaults.pod_env,
                                events=lambda kind, reason, message: self.event(obj, kind, reason, message),
                                clock=self.clock, owners=lambda sid: needed.get(sid) or [obj])
-        observed = gates.observe(plan, executor.observe(plan), self.probe_signals)  # rl.min_signal: skip starved RL
+        try:
+            observed = gates.observe(plan, executor.observe(plan), self.probe_signals)  # rl.min_signal: skip starved RL
+        except storage.StorageError as e:  # storage unreachable: nothing can be decided; try next cycle
+            log.warning("%s/%s: cannot tell which stages are done, because %s", ns, name, e)
+            self.event(obj, "Warning", "StorageUnreadable", f"cannot tell which stages are done, because {e}")
+            return
+        for sid, why in executor.incomplete.items():
+            self.event(obj, "Warning", "StageIncomplete", f"stage {sid} is not done, because {why}; it runs again")
         actions = reconcile(plan.dag(), observed, now, policy, cancel=cancel)
         if cancel:  # a shared stage keeps running while another live experiment needs it
             actions = [a for a in actions if not (isinstance(a, Delete) and a.stage in needed)]
@@ -336,7 +379,8 @@ class Operator:
         if launches:  # the launches are written down BEFORE their jobs exist: no job without a record
             intent = build_status(plan, {**observed, **{a.stage: Observed(State.RUNNING, a.attempt) for a in launches}},
                                   policy, cancel, gen, prev, {}, now,
-                                  {**executor.attempts, **{a.stage: Attempt(a.attempt, "running") for a in launches}})
+                                  {**executor.attempts, **{a.stage: Attempt(a.attempt, "running") for a in launches}},
+                                  t.inputs_record)  # the fingerprints are recorded before any job uses them
             ok, rv = self._write_status(ns, name, base, intent, obj, rv=rv)
             if not ok:
                 actions = [a for a in actions if not isinstance(a, Launch)]
@@ -345,12 +389,19 @@ class Operator:
         executor.apply(plan, actions)
         for sid, attempt in executor.launched:
             observed[sid] = Observed(State.RUNNING, attempt)
-        problems = {**executor.rejected, **executor.storage_errors}
-        status = build_status(plan, observed, policy, cancel, gen, prev, problems, now, executor.attempts)
+        for sid in executor.found_done:
+            observed[sid] = Observed(State.SUCCEEDED, observed[sid].attempts)
+            executor.attempts.pop(sid, None)
+        problems = {**executor.rejected, **executor.storage_errors,
+                    **{f"incomplete:{sid}": f"stage {sid} is not done, because {why}"
+                       for sid, why in executor.incomplete.items() if sid not in executor.found_done}}
+        status = build_status(plan, observed, policy, cancel, gen, prev, problems, now, executor.attempts,
+                              t.inputs_record)
         self._forget_superseded(set(prev.get("stages") or {}) - set(plan.stages) - set(needed))
         self._last_counts[(ns, name)] = status["counts"]
         if self._write_status(ns, name, base, status, obj, rv=rv)[0]:
-            self._transitions(obj, plan, prev.get("stages") or {}, status["stages"], status.get("skipped"))
+            self._transitions(obj, plan, prev.get("stages") or {}, status["stages"], executor.attempts,
+                              status.get("skipped"))
             self.phases[(ns, name)] = status["phase"]
 
     def _forget_superseded(self, stage_ids: set[str]) -> None:
@@ -389,7 +440,8 @@ class Operator:
         return True, ((out or {}).get("metadata") or {}).get("resourceVersion")
 
     def _transitions(self, obj: Mapping[str, Any], plan: Plan, old: Mapping[str, str], new: Mapping[str, str],
-                     reasons: Mapping[str, str] | None = None) -> None:
+                     attempts: Mapping[str, Attempt] | None = None, reasons: Mapping[str, str] | None = None) -> None:
+        attempts = attempts or {}
         for sid, state in new.items():
             if old.get(sid) == state or state not in ("succeeded", "failed", "skipped"):
                 continue
@@ -399,7 +451,9 @@ class Operator:
             elif state == "succeeded":
                 self.event(obj, "Normal", "StageSucceeded", f"stage {sid} ({run}) succeeded")
             else:
-                self.event(obj, "Warning", "StageFailed", f"stage {sid} ({run}) failed; see `sftrl logs "
+                rec = attempts.get(sid) or Attempt.from_status(((obj.get("status") or {}).get("attempts") or {}).get(sid))
+                why = f": {explain(rec)}" if rec is not None else ""
+                self.event(obj, "Warning", "StageFailed", f"stage {sid} ({run}) failed{why}; see `sftrl logs "
                                                           f"{obj['metadata']['name']} {sid}`")
 
     # --- events -------------------------------------------------------------------------------------

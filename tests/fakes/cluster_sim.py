@@ -1,6 +1,7 @@
 """The FAKE cluster's moving parts, for tests only (mixed into tests/fakes/fake_kube_apiserver.py):
 a simulated Kubeflow training operator (Created -> Running -> Restarting | Succeeded | Failed, a
-master pod with a log, the stage's ``_SUCCESS`` written on success as job_runtime would), the
+master pod with a log, the stage's ``_SUCCESS`` written on success and, when a test gives a stage an
+error line, its ``_FAILED`` record on failure, as job_runtime would), the
 garbage collector (ownerReferences), lingering deletion, and the training operator's TTL for
 finished jobs. Nothing here is a real cluster."""
 
@@ -207,6 +208,11 @@ class SimulatedCluster:
                 storage.write_json(storage.join(out, "_SUCCESS"), {  # as a real stage: the true size and sha256
                     "files": {"metrics.jsonl": {"size": len(metrics), "sha256": hashlib.sha256(metrics).hexdigest()}},
                     "created": time.time(), "stage": cfg["id"], "job": name})
+        elif stage in self.stage_errors and uri:  # a failing stage records its error line, as job_runtime does
+            try:
+                storage.write_failure(storage.read_json(uri)["output"], error=self.stage_errors[stage], exit_code=code)
+            except Exception:  # noqa: BLE001 - no config: nothing to record, as a real stage
+                pass
         term = {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "finishedAt": _now()}}
         self.logs[pod_key] = self.logs.get(pod_key, "") + f"[rank0] {name}: exit {code}\n"
         if code == 0:

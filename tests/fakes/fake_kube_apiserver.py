@@ -153,6 +153,7 @@ class FakeKubeApiServer(SimulatedCluster):
     crds: set[str] = field(default_factory=lambda: {"pytorchjobs", "experiments"})
     exit_codes: dict[str, int] = field(default_factory=dict)  # job name -> exit code of every run
     stage_exit_codes: dict[str, int] = field(default_factory=dict)  # stage id -> exit code of every attempt
+    stage_errors: dict[str, str] = field(default_factory=dict)  # stage id -> error line its failing run records
     reject_creates: dict[str, tuple[int, str]] = field(default_factory=dict)  # job name -> (code, message)
     ttl_seconds: float | None = None  # None: each job's ttlSecondsAfterFinished (days: never in a test)
     terminating_seconds: float = 0.0  # how long a deleted object lingers with a deletionTimestamp

@@ -213,6 +213,7 @@ def test_permanent_rejection_is_reported_and_not_retried_in_a_loop(fake, tmp_pat
 
 
 def test_delete_stops_running_jobs_only(fake, tmp_path):
+    fake.job_seconds = 60  # still running when deleted, however busy the machine
     api, exp, plan = _setup(fake, tmp_path)
     a, b = list(plan.stages)[:2]
     ex = k8s.K8sExecutor(api, exp, "default")
@@ -232,6 +233,26 @@ def test_unreachable_api_and_missing_kubeconfig_say_what_to_do(tmp_path):
         k8s.K8sExecutor(api, exp, "default").observe(plan)
     with pytest.raises(k8s.ApiUnavailable, match=r"cannot reach a Kubernetes API, because .*Set KUBECONFIG"):
         k8s.connect(str(tmp_path / "no-such-kubeconfig"))
+
+
+def test_a_truncated_artifact_is_not_done_and_the_reason_names_the_file(fake, tmp_path):
+    """As storage.is_complete: a _SUCCESS whose file lost bytes does not make the stage done; the
+    verdict is kept for that manifest, and a new manifest (a new attempt's) is judged again."""
+    api, exp, plan = _setup(fake, tmp_path)
+    sid = next(iter(plan.stages))
+    out = storage.local_path(plan.stages[sid].config.output)
+    out.mkdir(parents=True)
+    (out / "model.bin").write_bytes(b"ab")  # truncated: the manifest says 4
+    storage.write_json(storage.join(plan.stages[sid].config.output, "_SUCCESS"), {"files": {"model.bin": {"size": 4}}})
+    ex = k8s.K8sExecutor(api, exp, "default")
+    assert ex.observe(plan)[sid].state == State.PENDING
+    assert ex.incomplete == {sid: "model.bin is 2 bytes, but its _SUCCESS manifest says 4"}
+    ex.apply(plan, [Launch(sid, 1)])  # asked again just before the launch: still not done, so it runs
+    assert ex.launched == [(sid, 1)] and ex.found_done == []
+    (out / "model.bin").write_bytes(b"abcd")  # the new attempt writes its files, then its manifest
+    storage.write_json(storage.join(plan.stages[sid].config.output, "_SUCCESS"),
+                       {"files": {"model.bin": {"size": 4}}, "created": time.time()})
+    assert ex.observe(plan)[sid].state == State.SUCCEEDED and ex.incomplete == {}
 
 
 def test_completion_listing_on_s3(tmp_path, monkeypatch):
@@ -255,10 +276,10 @@ def test_completion_listing_on_s3(tmp_path, monkeypatch):
         ids = list(plan.stages)
         storage.write_json(f"s3://sftrl-test/root/stages/{ids[0]}/_SUCCESS", {"files": {}})
         storage.write_json(f"s3://sftrl-test/root/stages/{ids[1]}/checkpoints/checkpoint-1/_SUCCESS", {"files": {}})
+        storage.write_json(f"s3://sftrl-test/root/stages/{ids[2]}/_SUCCESS", {"files": {"model.bin": {"size": 4}}})
         view = k8s.ClusterView(api=None, namespace="default")  # type: ignore[arg-type]
-        assert view.completed(plan) == {ids[0]}  # a checkpoint's _SUCCESS is not the stage's
-        big = k8s.ClusterView(api=None, namespace="default")  # type: ignore[arg-type]
-        assert big._list_complete(plan.root, [f"eval-{i:012x}" for i in range(40)] + ids) == {ids[0]}
+        assert view.completed(plan) == {ids[0]}  # a checkpoint's _SUCCESS is not the stage's; ids[2] lacks its file
+        assert view.incomplete(plan) == {ids[2]: "model.bin is missing, but its _SUCCESS manifest lists it"}
     finally:
         storage._BACKENDS.pop("s3", None)
         server.stop()

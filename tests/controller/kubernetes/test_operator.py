@@ -349,7 +349,8 @@ def test_submit_status_logs_cancel(fake, tmp_path, capsys, monkeypatch):
     assert _cli("logs", "demo", sid[:8]) == 0
     assert f"{_name(plan, sid)}: exit 0" in capsys.readouterr().out
     assert _cli("cancel", "demo") == 0
-    assert fake.get(EXPERIMENTS, "default", "demo")["metadata"]["annotations"] == {"sftrl.io/cancel": "true"}
+    assert fake.get(EXPERIMENTS, "default", "demo")["metadata"]["annotations"] == {
+        "sftrl.io/cancel": "true", "sftrl.io/inputs": "{}"}  # builtin:// inputs only: nothing to fingerprint
     capsys.readouterr()
     assert _cli("logs", "demo", "nope") == 2 and "matches no stage" in capsys.readouterr().err
 
@@ -443,3 +444,27 @@ def test_min_signal_skips_a_starved_rl_stage_and_status_says_why(fake, tmp_path,
     assert _cli("status", "demo") == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(rl.id))
     assert "skipped" in line and "starved: 0.02 of prompts had mixed outcomes" in line
+
+
+def test_a_truncated_artifact_runs_its_stage_again_and_the_status_names_the_file(fake, tmp_path):
+    """As locally (storage.is_complete): a _SUCCESS whose file lost bytes is not done on a cluster."""
+    from job_runtime.io import storage
+
+    spec = tiny_spec(f"file://{tmp_path}/store", methods=["sft"])
+    plan = _plan(spec)
+    sid = next(iter(plan.stages))
+    out = plan.stages[sid].config.output
+    storage.write_text(storage.join(out, "results.json"), "{}")
+    storage.write_json(storage.join(out, "_SUCCESS"), {"files": {"results.json": {"size": 200}}})
+    submit(fake, "demo", spec)
+    op = Operator(connect(fake, tmp_path), "default", defaults=ClusterDefaults())
+    op.cycle()
+    why = f"stage {sid} is not done, because results.json is 2 bytes, but its _SUCCESS manifest says 200"
+    degraded = next(c for c in _status(fake)["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "ArtifactsIncomplete" and why in degraded["message"]
+    assert any(e["reason"] == "StageIncomplete" and e["message"].startswith(why) for e in fake.objects(EVENTS))
+    assert _name(plan, sid) in {j["metadata"]["name"] for j in fake.objects(JOBS)}  # it runs again
+    _drive(op, fake)
+    st = _status(fake)
+    assert st["phase"] == "Succeeded" and storage.is_complete(out)
+    assert next(c for c in st["conditions"] if c["type"] == "Degraded")["status"] == "False"

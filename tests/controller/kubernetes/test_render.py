@@ -308,7 +308,7 @@ def test_render_matches_golden(name, tmp_path):
     from controller.kubernetes.cli import main
 
     src = _golden_inputs()[name]
-    assert main(["render", str(src), "-o", str(tmp_path)]) == 0
+    assert main(["render", str(src), "-o", str(tmp_path), "--no-fingerprints"]) == 0  # offline: URI-only ids
     exp = load(src)
     wanted = _golden_selection(tmp_path, exp)
     gold = GOLDEN / name
@@ -330,7 +330,7 @@ def test_cli_render_writes_every_job_and_its_stage_json(tmp_path, capsys):
     from controller.kubernetes.cli import main
 
     exp = _options()
-    assert main(["render", str(GOLDEN / "all-options" / "experiment.yaml"), "-o", str(tmp_path)]) == 0
+    assert main(["render", str(GOLDEN / "all-options" / "experiment.yaml"), "-o", str(tmp_path), "--no-fingerprints"]) == 0
     plan = build_plan(exp)
     for sid, stage in plan.stages.items():
         job = yaml.safe_load((tmp_path / f"{render.stage_job_name(stage)}.yaml").read_text())
