@@ -25,8 +25,10 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.e2e]
 
 def experiment(tmp_path: Path, backend: str) -> Path:
     raw = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    raw["metadata"]["name"] = f"quickstart-{backend}"  # two files, two experiments: the stages are shared
     s = raw["spec"]
     s["storage"] = str(tmp_path / "runs")
+    s["data"] = s["data"][:1]  # the given-traces source (the distilled one has its own vLLM test)
     s["methods"] = ["sft"]
     s["scales"] = [256]
     s["eval"]["generation"] = {"backend": backend, "cpu_kv_cache_gib": 1}
