@@ -332,8 +332,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     wall = time.time() - start
     if outcome.phase is Phase.SUCCEEDED:
         skipped = [s for s, o in outcome.observed.items() if o.state is State.SKIPPED]
-        note = f" ({len(skipped)} skipped: {', '.join(skipped)})" if skipped else ""
-        _say(f"\nall {len(plan.stages) - len(skipped)} stages done{note}; wall time {wall:.1f}s ({wall / 60:.1f} min)")
+        done = (f"{len(plan.stages) - len(skipped)} of {len(plan.stages)} stages done, {len(skipped)} skipped on purpose "
+                f"({', '.join(skipped)})" if skipped else f"all {len(plan.stages)} stages done")
+        _say(f"\n{done}; wall time {wall:.1f}s ({wall / 60:.1f} min)")
         return 0
     failed = [s for s, o in outcome.observed.items() if o.state is State.FAILED]
     _say(f"\n{len(failed)} stage(s) failed; wall time {wall:.1f}s:")

@@ -57,7 +57,7 @@ def test_min_signal_skips_grpo_from_the_base_and_says_why(tmp_path):
     skips = [ln for ln in out.splitlines() if "] skip   " in ln]
     assert len(skips) == 2 and all(ln.endswith(reason) for ln in skips)
     assert out.index("probe: predicted signal") < out.index("] skip   ")  # the prediction comes first
-    assert "start  rl-" not in out and "2 skipped" in out and "stage(s) failed" not in out
+    assert "start  rl-" not in out and "2 of 4 stages done, 2 skipped on purpose" in out and "stage(s) failed" not in out
     grpo_row = next(ln for ln in out.splitlines() if ln.split()[:1] == ["grpo"])
     assert grpo_row.split()[-1] == "skipped"  # the cell, not 0.0
     assert f"RL skipped, {reason}" in out
