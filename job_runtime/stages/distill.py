@@ -150,9 +150,7 @@ def _parquet(rows: list[dict[str, Any]], path) -> None:
 
 def run(cfg: StageConfig) -> None:
     """Distil cfg.model's verified traces on cfg.data['prompts'] into data/sft.parquet under cfg.output."""
-    from job_runtime.eval.generation import GenerationError
     from job_runtime.metrics import StageMetrics
-    from job_runtime.train.rewards import RewardConfigError
 
     if not sampling.rank_zero():
         log.info("distill %s: rank %s has nothing to do (the stage runs on rank 0)", cfg.id, os.environ["RANK"])
@@ -166,15 +164,9 @@ def run(cfg: StageConfig) -> None:
     with sampling.workdir(cfg.output, "distill") as out:
         for stale in (METRICS_JSONL, RESULTS_JSON, SAMPLES_JSONL, DISTILL_DATA):
             (out / stale).unlink(missing_ok=True)
-        try:
-            backend = sampling.make_backend(cfg.model, gen, cfg.seed, "data[].distill.generation")
-        except (GenerationError, ValueError) as e:
-            raise StageError(str(e)) from None
+        backend = sampling.make_backend(cfg.model, gen, cfg.seed, "data[].distill.generation")
         responses = sampling.sample(backend, prompts, params.samples_per_prompt)
-        try:
-            scored = sampling.score(prompts, responses, params.reward or RewardWeights())
-        except RewardConfigError as e:
-            raise StageError(str(e)) from None
+        scored = sampling.score(prompts, responses, params.reward or RewardWeights())
         oks = [verified(s) for s in scored]
         kept = [keep(s.responses, ok, params.keep_per_prompt) for s, ok in zip(scored, oks)]
         figures = yield_figures(scored, kept, _tokenizer(backend))

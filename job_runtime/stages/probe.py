@@ -102,9 +102,7 @@ def setup(cfg: StageConfig) -> tuple[ProbeRun, list[sampling.Prompt], Any]:
 
 def run(cfg: StageConfig) -> None:
     """Sample, score and publish the probe of cfg.model on cfg.data['train']."""
-    from job_runtime.eval.generation import GenerationError
     from job_runtime.metrics import StageMetrics
-    from job_runtime.train.rewards import RewardConfigError
 
     if not sampling.rank_zero():
         log.info("probe %s: rank %s has nothing to do (the stage runs on rank 0)", cfg.id, os.environ["RANK"])
@@ -118,15 +116,9 @@ def run(cfg: StageConfig) -> None:
     with sampling.workdir(cfg.output, "probe") as out:
         for stale in (METRICS_JSONL, RESULTS_JSON, SAMPLES_JSONL):
             (out / stale).unlink(missing_ok=True)
-        try:
-            backend = sampling.make_backend(cfg.model, gen, cfg.seed, "rl.generation")
-        except (GenerationError, ValueError) as e:
-            raise StageError(str(e)) from None
+        backend = sampling.make_backend(cfg.model, gen, cfg.seed, "rl.generation")
         responses = sampling.sample(backend, prompts, params.samples, params.min_pixels, params.max_pixels)
-        try:
-            scored = sampling.score(prompts, responses, params.reward)
-        except RewardConfigError as e:
-            raise StageError(str(e)) from None
+        scored = sampling.score(prompts, responses, params.reward)
         results = {"kind": "probe", "model": cfg.model, "stage": cfg.id, "backend": backend.name,
                    **summarize(scored), "temperature": params.temperature, "max_new_tokens": params.max_new_tokens,
                    "decontamination": contamination.summary() if contamination else None}

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from job_runtime.contract import EvalParams, RewardWeights
+from job_runtime.errors import StageError
 from job_runtime.io import storage
 
 log = logging.getLogger(__name__)
@@ -144,20 +145,20 @@ class SolverBackend:
 
 def make_backend(model: str, params: EvalParams, seed: int = 0, section: str = "generation"):
     """The backend for a model URI: the solver for builtin://synthetic-solver, else the eval stage's
-    (params.generation.backend: vllm, hf or auto). ``section`` names the setting in errors."""
+    (params.generation.backend: vllm, hf or auto). ``section`` names the setting in errors, which are
+    StageErrors (a config error of the stage: exit 1, not retried)."""
     from job_runtime.builtin.synthetic import SOLVER_URI
-
-    if model.split("?")[0].rstrip("/") == SOLVER_URI:
-        return SolverBackend(model, params, seed)
-    import torch
-
     from job_runtime.eval import generation
 
-    torch.manual_seed(seed)  # HF sampling draws from torch's generator
     try:
+        if model.split("?")[0].rstrip("/") == SOLVER_URI:
+            return SolverBackend(model, params, seed)
+        import torch
+
+        torch.manual_seed(seed)  # HF sampling draws from torch's generator
         return generation.make_backend(model, params)
-    except generation.GenerationError as e:  # name the setting of this stage, not eval's
-        raise generation.GenerationError(str(e).replace("eval.generation", section)) from None
+    except (generation.GenerationError, ValueError) as e:  # name the setting of this stage, not eval's
+        raise StageError(str(e).replace("eval.generation", section)) from None
 
 
 # --- sampling and scoring -------------------------------------------------------------------------
@@ -188,10 +189,14 @@ def sample(backend: Any, prompts: Sequence[Prompt], k: int, min_pixels: int | No
 
 
 def score(prompts: Sequence[Prompt], responses: Sequence[Sequence[str]], weights: RewardWeights) -> list[Scored]:
-    """Every response scored by the study's reward functions, as GRPOTrainer calls them."""
+    """Every response scored by the study's reward functions, as GRPOTrainer calls them (a reward
+    that cannot be loaded is a StageError)."""
     from job_runtime.train import rewards
 
-    funcs, ws = rewards.weighted(weights, weights.accuracy_rule or "mathruler")
+    try:
+        funcs, ws = rewards.weighted(weights, weights.accuracy_rule or "mathruler")
+    except rewards.RewardConfigError as e:
+        raise StageError(str(e)) from None
     names = [getattr(f, "__name__", f"reward_{i}") for i, f in enumerate(funcs)]
     out = []
     for p, resps in zip(prompts, responses):

@@ -135,6 +135,14 @@ def test_bad_config_fails_before_generation(tmp_path):
         probe.run(cfg.model_copy(update={"data": {}}))
     with pytest.raises(StageError, match="exceeds"):
         probe.run(cfg.model_copy(update={"scale": 50, "data": {"train": "builtin://synthetic/rl?n=10"}}))
+    # a reward or a backend that cannot be set up is a stage error naming what to fix (no traceback)
+    solver = cfg.model_copy(update={"model": "builtin://synthetic-solver"})
+    bad_reward = {**cfg.params, "reward": {**cfg.params["reward"], "custom": {"no_module_here.fn": 1.0}}}
+    with pytest.raises(StageError, match="'no_module_here.fn' could not be imported"):
+        probe.run(solver.model_copy(update={"params": bad_reward}))
+    bad_backend = {**cfg.params, "generation": {"backend": "vllm"}}
+    with pytest.raises(StageError, match=r"rl\.generation\.backend is vllm, but vLLM is not installed"):
+        probe.run(cfg.model_copy(update={"params": bad_backend}))
 
 
 def test_only_rank_zero_works_when_a_launcher_starts_several(tmp_path, monkeypatch):
