@@ -42,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from job_runtime.eval.benchmarks import mathvista_official, mathvista_reading  # noqa: E402
+from job_runtime.eval.benchmarks import mathvista_choices, mathvista_official, mathvista_reading  # noqa: E402
 from job_runtime.eval.benchmarks.registry import get  # noqa: E402
 from job_runtime.eval.benchmarks.scoring import score_rows  # noqa: E402
 
@@ -225,7 +225,7 @@ def noise(row: dict, ours: bool) -> str | None:
         if m and m.group(1).upper() in LETTERS[: len(choices)]:
             i = LETTERS.index(m.group(1).upper())
             rest = (m.group(2) or "").strip()
-            named = mathvista_reading.option_at(rest, choices) if rest else None
+            named = mathvista_choices.option_at(rest, choices) if rest else None
             if named in (None, i) and pred != choices[i]:
                 return "the GPT-4 extraction contradicts a one-line explicit answer"
         if row["official_correct"] and sorted(c.lower() for c in choices) != ["no", "yes"]:

@@ -16,7 +16,8 @@ a response, then evaluation/calculate_score.py normalises the extraction and com
 examples that extract "14", "0.6", "1.45", "[2007, 2008]" and, for a multiple-choice "The correct answer
 is (B) 8/11", the letter "B"): extract_answer.py's own quick rules first (a response equal to an option,
 a response that is a number), then, in this order, what GPT-4 did with the dev set's responses
-(../shared/eval-gold; each behaviour a named rule in job_runtime.eval.benchmarks.mathvista_reading):
+(../shared/eval-gold; each behaviour a named rule in job_runtime.eval.benchmarks.mathvista_reading and
+mathvista_choices):
 
 1. the part of the response it reads: a model that went on with a question it made up is read at that
    question's answer (the value its conclusion states, else its letter);
@@ -47,33 +48,35 @@ import re
 from typing import Any
 
 from job_runtime.eval.answers import LETTERS, choice_letter, clean_answer, edit_distance, find_answer
-from job_runtime.eval.benchmarks.mathvista_reading import (
+from job_runtime.eval.benchmarks.mathvista_choices import (
     CLOCK,
     LEADING_YES_NO,
     MADE_UP,
+    OPTION_NUMBER,
+    answer_part,
+    clock_word,
+    leading_yes_no,
+    letter_stated,
+    made_up_answer,
+    named_option,
+    option_at,
+    option_number,
+    yes_no,
+)
+from job_runtime.eval.benchmarks.mathvista_reading import (
     NO_ANSWER,
     NONE_FITS,
     OFF,
-    OPTION_NUMBER,
     REFUSAL,
     RULES,
-    answer_part,
-    clock_word,
     declined,
     free_form,
-    leading_yes_no,
-    letter_stated,
     list_answer,
-    made_up_answer,
-    named_option,
     none_fits,
     number_answer,
     on,
-    option_at,
-    option_number,
     rule,
     sentences,
-    yes_no,
 )
 
 __all__ = ["NO_ANSWER", "OFF", "RULES", "extract", "named_option", "nearest_option", "normalize", "official_verdict",
@@ -127,7 +130,7 @@ def normalize(extraction: Any, row: dict[str, Any]) -> str | None:
     return extraction
 
 
-# --- the stand-in for GPT-4's extraction (the rules: job_runtime.eval.benchmarks.mathvista_reading) ----
+# --- the stand-in for GPT-4's extraction (the rules: mathvista_reading, mathvista_choices) ----------------
 
 
 ANSWER_READ = rule("answer_read", "an explicit answer that is not an option is read further: a letter it names "

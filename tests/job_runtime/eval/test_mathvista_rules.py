@@ -14,6 +14,7 @@ from functools import lru_cache
 import pytest
 
 from job_runtime.eval.benchmarks import mathvista_official as mvo
+from job_runtime.eval.benchmarks import mathvista_choices as ch
 from job_runtime.eval.benchmarks import mathvista_reading as rd
 from tests.conftest import require_shared
 
@@ -85,6 +86,11 @@ def test_answer_read_chatgpt_986_a_letter_inside_the_answer():
     _decides("answer_read", "chatgpt_2shot_solution", "986", "D", "55°，对应选项是D")
 
 
+def test_article_a_llama_adapter_279_and_mplugowl_82_a_leading_article_is_not_option_a():
+    _decides("article_a", "llama_adapter_v2", "279", "grasshopper", "A")  # "A decrease in sunlight would ..."
+    _decides("article_a", "mplugowl_7b_ft", "82", "C", "A")  # "A square is inscribed ... the correct option letter is C"
+
+
 def test_leading_yes_no_llama_adapter_456_wins_over_a_later_letter():
     _decides("leading_yes_no", "llama_adapter_v2", "456", "no", "A")  # "No, ... The minimum color is A."
 
@@ -105,6 +111,15 @@ def test_refusal_gpt4_217_a_free_form_refusal_has_no_number():
     assert mvo.extract(row, row["response"]) == "N/A"  # "... the degree of the function is 2. Without the
     with rule_off("refusal"):                          # specific function, it's impossible to provide the degree."
         assert mvo.extract(row, row["response"]) == "2"
+
+
+def test_left_open_gpt4_105_and_llavar_319_cannot_determine_whether_is_b():
+    _decides("left_open", "gpt4_2shot_solution", "105", "B", "N/A")  # "... to determine whether Dark Violet ..."
+    _decides("left_open", "llavar", "319", "B", "Cannot be determined")  # "it cannot be determined for certain that"
+
+
+def test_left_open_llavar_239_a_restated_question_is_b():
+    _decides("left_open", "llavar", "239", "B", "yes")  # the response is "Is Sky Blue the minimum?"
 
 
 def test_none_fits_gpt4_403_no_option_matches_the_result():
@@ -152,6 +167,28 @@ def test_last_stated_mplugowl_619_and_llama_adapter_978():
     _decides("last_stated", "llama_adapter_v2", "978", "7", "1")  # "The range of the numbers is 1 to 7."
 
 
+def test_expression_chatgpt_534_an_answer_in_a_variable_stays_whole():
+    _decides("expression", "chatgpt_2shot_solution", "534", "(n/2) + 1", "1")  # "the answer is (n/2) + 1."
+
+
+def test_counted_mplugowl_624_and_bard_131_the_number_that_counts_what_is_asked():
+    _decides("counted", "mplugowl_7b_ft", "624", "5", "1.6")  # "Yes, in 5 years ... greater than 1.6%."
+    row = _gold()[("bard", "131")]  # "There are 3 bars below 40 ... values 58, 59, and 63": COUNTED, or else
+    with rule_off("counted"), rule_off("answer_sentence"):  # ANSWER_SENTENCE, reads 3
+        assert mvo.extract(row, row["response"]) == "58"
+    assert _read("bard", "131") == ("3", True)
+
+
+def test_answer_sentence_bard_784_and_mplugowl_720_the_opening_sentence_answers():
+    _decides("answer_sentence", "bard", "784", "70", "60")  # "The maximum rating ... is **70**. ... to **60**"
+    _decides("answer_sentence", "mplugowl_7b_ft", "720", "3", "2")  # "When the function value first reaches 2 ... x = 3."
+
+
+def test_one_after_an_adjective_is_a_pronoun_gpt4_189():
+    row = _gold()[("gpt4_2shot_solution", "189")]  # "... identify the smallest one.": no number, so N/A (not 1)
+    assert mvo.extract(row, row["response"]) == "N/A"
+
+
 def test_stated_first_llavar_816_a_stated_result_before_a_mentioned_number():
     _decides("stated_first", "llavar", "816", "12.25", "2")
 
@@ -171,6 +208,11 @@ def test_made_up_question_claude_ocr_554_reads_the_last_made_up_answer():
     _decides("made_up_question", "claude_2shot_solution_use_ocr", "554", "12", "yes")
 
 
+def test_unanswered_made_up_claude_ocr_325_and_552_read_at_the_open_question():
+    _decides("unanswered_made_up", "claude_2shot_solution_use_ocr", "325", "How many employees does Acme Inc have?\n\nImage:", "B")
+    _decides("unanswered_made_up", "claude_2shot_solution_use_ocr", "552", "How many circles are in the image?", "4")
+
+
 def test_made_up_value_claude_ocr_105_the_value_before_the_letter():
     _decides("made_up_value", "claude_2shot_solution_use_ocr", "105", "5", "5 apples")
 
@@ -179,11 +221,11 @@ def test_made_up_value_claude_ocr_105_the_value_before_the_letter():
 
 
 def test_option_at_and_clock_words():
-    assert rd.option_at("3.5, since", ["3", "3.5"]) == 1 and rd.option_at("3 cm", ["3", "3.5"]) == 0
-    assert rd.option_at("none", ["yes", "no"]) is None
+    assert ch.option_at("3.5, since", ["3", "3.5"]) == 1 and ch.option_at("3 cm", ["3", "3.5"]) == 0
+    assert ch.option_at("none", ["yes", "no"]) is None
     clock = ["half", "quarter", "o'clock", "quarter to", "quarter past"]
-    assert rd.clock_word("It shows 4:45.", clock) == "quarter to" and rd.clock_word("at 4:00", clock) == "o'clock"
-    assert rd.clock_word("It shows 4:45.", ["A", "B"]) is None
+    assert ch.clock_word("It shows 4:45.", clock) == "quarter to" and ch.clock_word("at 4:00", clock) == "o'clock"
+    assert ch.clock_word("It shows 4:45.", ["A", "B"]) is None
 
 
 def test_declined_phrases():
@@ -207,6 +249,6 @@ def test_rule_switch_restores(name):
 def test_doctests_pass():
     import doctest
 
-    for mod in (mvo, rd):
+    for mod in (mvo, rd, ch):
         result = doctest.testmod(mod)
         assert result.attempted >= 3 and result.failed == 0, mod.__name__

@@ -166,7 +166,7 @@ def test_mathvista_whole_dev_set_agreement_and_per_model_gap():
     for m in {r["source_model"] for r in rows}:
         pairs = [(v.correct, r["official_correct"]) for v, r in zip(verdicts, rows) if r["source_model"] == m]
         gaps.append(abs(sum(a for a, _ in pairs) - sum(b for _, b in pairs)) / len(pairs) * 100)
-    assert agree >= 0.97 and sum(gaps) / len(gaps) <= 1.0  # bench/official_agreement.py prints the figures
+    assert agree >= 0.975 and sum(gaps) / len(gaps) <= 1.0  # issue 13 bars; bench/official_agreement.py prints the figures
 
 
 def test_protocols_differ_and_are_checked():
