@@ -28,6 +28,7 @@ from job_runtime.eval.benchmarks.mathvista_reading import (
     sentences,
     stated_number,
     stem,
+    yes_no_options,
 )
 from job_runtime.eval.benchmarks.numbers import to_number
 
@@ -49,9 +50,9 @@ LEADING_YES_NO = rule("leading_yes_no", "a yes/no question answered with a leadi
 
 
 def leading_yes_no(response: str, choices: list[str]) -> str | None:
-    low = [c.strip().lower() for c in choices]
-    if sorted(low) != ["no", "yes"]:
+    if not yes_no_options(choices):
         return None
+    low = [c.strip().lower() for c in choices]
     m = re.match(r"[\W_]*(yes|no)\b", response, re.IGNORECASE)
     return choices[low.index(m.group(1).lower())] if m else None
 
@@ -70,9 +71,9 @@ def restates(response: str, question: str) -> bool:
 def yes_no(response: str, choices: list[str], question: str = "") -> str | None:
     """Yes or No from prose: "B" for the question only restated (LEFT_OPEN), a leading yes/no, else the stated
     comparison (COMPARISON), else negation."""
-    low = [c.strip().lower() for c in choices]
-    if sorted(low) != ["no", "yes"]:
+    if not yes_no_options(choices):
         return None
+    low = [c.strip().lower() for c in choices]
     sents = sentences(response)
     if not sents:
         return None

@@ -90,7 +90,8 @@ def numbers_in(sentence: str) -> list[tuple[int, str]]:
     for m in _NUM.finditer(sentence):
         word = m.group(0).lower()
         before = sentence[: m.start()]
-        if word[0].isalpha() and (_PRONOUN_BEFORE.search(before) or (word == "one" and _ONE_AFTER_ADJECTIVE.search(before))):
+        pronoun = _PRONOUN_BEFORE.search(before) or (word == "one" and _ONE_AFTER_ADJECTIVE.search(before))
+        if word[0].isalpha() and pronoun:
             continue
         out.append((m.start(), _as_number(m.group(0))))
     return out
@@ -244,7 +245,8 @@ _WHETHER = re.compile(r"\b(?:determine|tell|say|know|conclude|confirm)\s+(?:for 
 LEFT_OPEN_READ = "B"
 
 
-def _yes_no_options(choices: list[str]) -> bool:
+def yes_no_options(choices: list[str]) -> bool:
+    """Whether the options are Yes and No (any case)."""
     return sorted(c.strip().lower() for c in choices) == ["no", "yes"]
 
 
@@ -273,7 +275,8 @@ def declined(sents: list[str], choices: list[str]) -> str | None:
     if undecided:  # "it is not possible to predict" names the option "can't predict"
         return undecided[0]
     last = sents[-1]
-    if on(LEFT_OPEN) and _yes_no_options(choices) and _WHETHER.search(last) and "cannot be provided" not in last.lower():
+    open_question = _WHETHER.search(last) and "cannot be provided" not in last.lower()
+    if on(LEFT_OPEN) and yes_no_options(choices) and open_question:
         return LEFT_OPEN_READ
     m = re.search(r"cannot be (determined|answered)", " ".join(sents), re.IGNORECASE)
     return f"Cannot be {m.group(1).lower()}" if m else NO_ANSWER
@@ -322,10 +325,10 @@ ANSWER_SENTENCE = rule("answer_sentence", "with no explicit answer and no conclu
 
 def answer_sentence(response: str, question: str) -> str | None:
     """The number stated by an opening sentence that restates the question, when nothing concludes (see
-    ANSWER_SENTENCE), or None."""
+    ANSWER_SENTENCE; for a response without an explicit answer), or None."""
     sents = sentences(response)
     asked = set(content_words(question))
-    if len(sents) <= 2 or not asked or find_answer(response)[0] is not None:
+    if len(sents) <= 2 or not asked:
         return None
     if any(p.search(s) and numbers_in(s) for p in (_FINAL_VALUE, THEREFORE, CONCLUSION) for s in sents):
         return None
@@ -338,12 +341,13 @@ def number_answer(response: str, question: str) -> str:
     """The extraction for an integer or float question: N/A for a refusal, else the number that counts what a
     'how many' question asks, the number an opening answer sentence states, else the stated number (a year for a
     question asking which year)."""
-    if on(REFUSAL) and find_answer(response)[0] is None and declined(sentences(response), []) is not None:
+    explicit = find_answer(response)[0] is not None
+    if on(REFUSAL) and not explicit and declined(sentences(response), []) is not None:
         return NO_ANSWER
     value = None
-    if on(COUNTED) and find_answer(response)[0] is None:
+    if on(COUNTED) and not explicit:
         value = counted(response, question)
-    if value is None and on(ANSWER_SENTENCE):
+    if value is None and on(ANSWER_SENTENCE) and not explicit:
         value = answer_sentence(response, question)
     value = value if value is not None else free_form(response)
     if on(YEAR) and ASKS_YEAR.search(question) and not is_year(value):
