@@ -20,6 +20,7 @@ from job_runtime.eval.benchmarks.mathvista_reading import (
     NO_ANSWER,
     STOP_WORDS,
     THEREFORE,
+    asked_share,
     content_words,
     free_form,
     numbers_in,
@@ -63,9 +64,8 @@ def restates(response: str, question: str) -> bool:
     >>> restates("Is Sky Blue the minimum?", "Is Sky Blue the minimum?"), restates("Is it? No.", "Is it?")
     (True, False)
     """
-    text, asked = response.strip(), set(content_words(question))
-    return (text.endswith("?") and "\n" not in text and bool(asked)
-            and len(asked & set(content_words(text))) >= 0.8 * len(asked))
+    text = response.strip()
+    return text.endswith("?") and "\n" not in text and asked_share(text, question) >= 0.8
 
 
 def yes_no(response: str, choices: list[str], question: str = "") -> str | None:
@@ -380,8 +380,7 @@ def _answers(block: str) -> bool:
 
 def _own_question(block: str, asked: str) -> bool:
     """Whether a block is a question of the model's own: no option list, under 60% of the asked question's words."""
-    words = set(content_words(asked))
-    return not _OPTION_LIST.search(block) and len(words & set(content_words(block))) < 0.6 * max(len(words), 1)
+    return not _OPTION_LIST.search(block) and asked_share(block, asked) < 0.6
 
 
 MADE_UP_VALUE = rule("made_up_value", "a made-up question's answer is the value its conclusion states, before the "

@@ -215,6 +215,17 @@ def content_words(text: str) -> list[str]:
     return [w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in STOP_WORDS]
 
 
+def asked_share(text: str, question: str) -> float:
+    """The share of the question's content words that the text holds (0 for a question without any): here
+    bars, below and 40 of how, many, bars, below, 40.
+
+    >>> asked_share("There are 3 bars below 40.", "How many bars are below 40?")
+    0.6
+    """
+    asked = set(content_words(question))
+    return len(asked & set(content_words(text))) / len(asked) if asked else 0.0
+
+
 def stem(w: str) -> str:
     for suffix in ("ing", "ed", "es", "s", "e"):
         if len(w) > len(suffix) + 3 and w.endswith(suffix):
@@ -327,12 +338,11 @@ def answer_sentence(response: str, question: str) -> str | None:
     """The number stated by an opening sentence that restates the question, when nothing concludes (see
     ANSWER_SENTENCE; for a response without an explicit answer), or None."""
     sents = sentences(response)
-    asked = set(content_words(question))
-    if len(sents) <= 2 or not asked:
+    if len(sents) <= 2:
         return None
     if any(p.search(s) and numbers_in(s) for p in (_FINAL_VALUE, THEREFORE, CONCLUSION) for s in sents):
         return None
-    if len(asked & set(content_words(sents[0]))) < 0.5 * len(asked):
+    if asked_share(sents[0], question) < 0.5:
         return None
     return stated_number(sents[0], strict=True)
 
